@@ -58,7 +58,9 @@ def merge_checkpoints(
         weight = base.load(info)
         deltas = task_vectors(weight, [c.load(c.tensors[info.name]) for c in checkpoints])
         merged = entry.merge_deltas(deltas, weight_tensor, resolved, module_generator(seed, info.name))
-        return add_delta(weight, merged, report)
+        report.merged_params += merged.numel()
+        report.zero_delta_params += int(torch.count_nonzero(merged == 0))
+        return add_delta(weight, merged)
 
     write_model_folder(base, output, layout, new_tensor, report, _provenance(report, base, checkpoints), overwrite, progress)
     report.seconds = time.perf_counter() - started

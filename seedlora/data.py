@@ -9,6 +9,7 @@ hub. Every example keeps `index`, its row number in the file, so per-sample reco
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +51,9 @@ def read_rows(path: str | Path) -> list[dict]:
         raise SeedLoraError(f"data file {path} has unknown extension {path.suffix!r}; use .jsonl, .csv or .parquet")
     from datasets import load_dataset  # heavy import, only when data is read
 
-    dataset = load_dataset(builder, data_files=str(path), split="train")
-    return [dict(row) for row in dataset]
+    with tempfile.TemporaryDirectory() as cache:  # private Arrow cache: nothing left in ~/.cache
+        dataset = load_dataset(builder, data_files=str(path), split="train", cache_dir=cache)
+        return [dict(row) for row in dataset]
 
 
 def resolve_mode(path: str | Path, columns: list[str], fields: Fields) -> str:
@@ -113,6 +115,11 @@ def split_examples(
     return train, [ex for i, ex in enumerate(examples) if i in held]
 
 
+def scored_tokens(example: Example) -> int:
+    """How many next-token predictions of `example` count in the loss."""
+    return sum(label != IGNORE for label in example.labels[1:])
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: input_ids, attention_mask, labels (IGNORE on padding)."""
     width = max(len(ex.input_ids) for ex in examples)
@@ -158,7 +165,7 @@ def per_sample_losses(
 
 def mean_loss(losses: list[float], examples: list[Example]) -> float:
     """Token-weighted mean of per-sample mean losses (the loss over all scored tokens)."""
-    counts = [sum(label != IGNORE for label in ex.labels[1:]) for ex in examples]
+    counts = [scored_tokens(ex) for ex in examples]
     total = sum(loss * c for loss, c in zip(losses, counts) if c)
     return total / max(1, sum(counts))
 

@@ -86,7 +86,9 @@ def merged_losses(anchor_dir: str | Path, merged: str | Path, batch_size: int = 
     if not log_path.is_file():
         raise SeedLoraError(f"{log_path} does not exist; pass a finished seed folder of `seedlora train` first")
     log = json.loads(log_path.read_text())
-    config = make_config(**{**log["config"], "load_in_4bit": False})
+    split = log["config"]["eval_split"]  # a separate eval file does not change the training rows
+    split = split if isinstance(split, float) else None
+    config = make_config(**{**log["config"], "load_in_4bit": False, "eval_split": split})
     run = prepare_run(Path(log["base_model"]), Path(log["data"]), config, progress, None)
     model = load_scoring_model(Path(log["base_model"]), merged)
     losses = per_sample_losses(model.to(run.device), run.train, run.tokenizer.pad_token_id, batch_size, progress)

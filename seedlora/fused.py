@@ -51,7 +51,7 @@ class FusedReport:
     updated: int = 0  # tensors recomputed
     copied: int = 0  # tensors copied byte for byte from the base
     bytes_written: int = 0
-    merged_params: int = 0  # entries of recomputed tensors
+    merged_params: int = 0  # checkpoint merges: entries of the merged tensors
     zero_delta_params: int = 0  # of those, entries whose merged delta is exactly 0 (= base)
     seconds: float = 0.0
 
@@ -104,7 +104,7 @@ def fuse_adapters(
         update = merge_module(adapters, module, entry, weight_tensor, resolved, seed, dense=True)
         if adapters[0].modules[module].transposed:
             update = update.T
-        return add_delta(base.load(info), update, report)
+        return add_delta(base.load(info), update)
 
     provenance = provenance_record(adapters, report, base=base.path)
     write_model_folder(base, output, layout, new_tensor, report, provenance, overwrite, progress)
@@ -136,11 +136,9 @@ def adapted_weights(adapter, names: Sequence[str], base: ModelFolder) -> dict:
     return targets
 
 
-def add_delta(weight: torch.Tensor, delta: torch.Tensor, report: FusedReport) -> torch.Tensor:
+def add_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """(W + τ) computed in float32 (float64 for float64 weights), cast back to W's dtype."""
     compute = torch.promote_types(weight.dtype, torch.float32)
-    report.merged_params += delta.numel()
-    report.zero_delta_params += int(torch.count_nonzero(delta == 0))
     return weight.to(compute).add_(delta.to(compute)).to(weight.dtype)
 
 

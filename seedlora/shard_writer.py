@@ -35,10 +35,14 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        count = DTYPE_SIZES[self.dtype]
-        for size in self.shape:
-            count *= size
-        return count
+        return DTYPE_SIZES[self.dtype] * _numel(self.shape)
+
+
+def _numel(shape: tuple) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
 
 
 def parse_size(text: Union[str, int]) -> int:
@@ -156,7 +160,7 @@ class ShardWriter:
         if len(self.shards) < 2:
             return
         index = {
-            "metadata": {"total_size": self.total_bytes},
+            "metadata": {"total_parameters": sum(_numel(spec.shape) for _, spec in self._queue), "total_size": self.total_bytes},
             "weight_map": {spec.name: file for file, spec in sorted(self._queue, key=lambda item: item[1].name)},
         }
         (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")

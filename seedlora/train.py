@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .data import IGNORE, Example, collate, per_sample_losses, plan_epoch, token_losses
+from .data import Example, collate, per_sample_losses, plan_epoch, scored_tokens, token_losses
 from .errors import SeedLoraError
 from .rng import module_generator
 from . import train_io
@@ -183,6 +183,24 @@ def train_adapters(
     return [train_seed(run, seed, Path(output_dir) / f"seed-{seed}", resume, overwrite) for seed in seeds]
 
 
+@dataclass
+class Session:
+    """One seed's training in progress: the model and everything that must be checkpointed."""
+
+    run: Run
+    seed: int
+    seeds: dict
+    folder: Path
+    model: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: State
+
+    def checkpoint(self, started: float) -> None:
+        self.state.wall_s = time.perf_counter() - started
+        train_io.save_checkpoint(self.folder, self.model, self.optimizer, self.scheduler, self.state)
+
+
 def train_seed(run: Run, seed: int, folder: Path, resume: bool, overwrite: bool) -> Path:
     """Train (or finish, or skip) one seed's adapter in `folder`."""
     identity = train_io.identity(run, seed)
@@ -198,9 +216,10 @@ def train_seed(run: Run, seed: int, folder: Path, resume: bool, overwrite: bool)
             state = train_io.load_checkpoint(checkpoint, model, optimizer, scheduler)
         else:
             torch.manual_seed(module_generator(seeds["dropout"], "dropout").initial_seed())
-        _loop(run, seed, seeds, folder, model, optimizer, scheduler, state)
+        session = Session(run, seed, seeds, folder, model, optimizer, scheduler, state)
+        _loop(session)
         losses = per_sample_losses(model, run.train, run.tokenizer.pad_token_id, run.config.batch_size, run.progress)
-    train_io.write_outputs(run, seed, seeds, folder, model, state, losses)
+    train_io.write_outputs(run, seed, seeds, folder, model, session.state, losses)
     return folder
 
 
@@ -216,43 +235,42 @@ def _optimizer(run: Run, model):
     return optimizer, get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=run.total_steps)
 
 
-def _loop(run: Run, seed: int, seeds: dict, folder: Path, model, optimizer, scheduler, state: State) -> None:
-    """Train from `state` to the end, checkpointing every epoch end (and every save_steps)."""
-    c, start = run.config, time.perf_counter() - state.wall_s
-    unit = c.batch_size * c.grad_accum
-    bar = tqdm(total=run.total_steps, initial=state.step, desc=f"seed {seed}", disable=not run.progress)
-    model.train()
-    for epoch in range(state.epoch, run.epochs):
-        batches = plan_epoch(len(run.train), unit, epoch, seeds["order"], seeds["compose"])
-        for index in range(state.batch, len(batches)):
-            if state.step >= run.total_steps:
-                break
-            loss = optimizer_step(run, model, optimizer, scheduler, [run.train[i] for i in batches[index]])
-            state.step, state.batch = state.step + 1, index + 1
-            state.losses.append({"step": state.step, "epoch": epoch, "loss": loss})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if run.callback is not None:
-                run.callback({"seed": seed, "epoch": epoch, "step": state.step, "loss": loss})
-            if c.save_steps and state.step % c.save_steps == 0 and state.batch < len(batches):
-                state.wall_s = time.perf_counter() - start
-                train_io.save_checkpoint(folder, model, optimizer, scheduler, state)
-        state.epoch, state.batch = epoch + 1, 0
-        train_io.end_epoch(run, folder, model, state, epoch)
-        state.wall_s = time.perf_counter() - start
-        train_io.save_checkpoint(folder, model, optimizer, scheduler, state)
-    bar.close()
+def _loop(s: Session) -> None:
+    """Train from the saved position to the end; checkpoint at every epoch end and save_steps."""
+    run, state, started = s.run, s.state, time.perf_counter() - s.state.wall_s
+    unit, save_steps = run.config.batch_size * run.config.grad_accum, run.config.save_steps
+    with tqdm(total=run.total_steps, initial=state.step, desc=f"seed {s.seed}", disable=not run.progress) as bar:
+        s.model.train()
+        for epoch in range(state.epoch, run.epochs):
+            batches = plan_epoch(len(run.train), unit, epoch, s.seeds["order"], s.seeds["compose"])
+            for index in range(state.batch, len(batches)):
+                if state.step >= run.total_steps:
+                    break
+                lr = s.scheduler.get_last_lr()[0]
+                loss = optimizer_step(run, s.model, s.optimizer, s.scheduler, [run.train[i] for i in batches[index]])
+                state.step, state.batch = state.step + 1, index + 1
+                state.losses.append({"step": state.step, "epoch": epoch, "loss": loss, "lr": lr})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if run.callback is not None:
+                    run.callback({"seed": s.seed, "epoch": epoch, "step": state.step, "loss": loss})
+                if save_steps and state.step % save_steps == 0 and state.batch < len(batches):
+                    s.checkpoint(started)
+            state.epoch, state.batch = epoch + 1, 0
+            train_io.end_epoch(run, s.folder, s.model, state, epoch)
+            s.checkpoint(started)
 
 
 def optimizer_step(run: Run, model, optimizer, scheduler, batch: list[Example]) -> float:
     """One optimizer step over `batch` in micro-batches; loss is the mean over its scored tokens."""
     c = run.config
-    n_tokens = max(1, sum(sum(label != IGNORE for label in ex.labels[1:]) for ex in batch))
+    n_tokens = max(1, sum(scored_tokens(ex) for ex in batch))
     total = 0.0
     for start in range(0, len(batch), c.batch_size):
-        tensors = {k: v.to(run.device) for k, v in collate(batch[start : start + c.batch_size], run.tokenizer.pad_token_id).items()}
-        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], use_cache=False).logits
-        loss = token_losses(logits, tensors["labels"])[0].sum() / n_tokens
+        micro = collate(batch[start : start + c.batch_size], run.tokenizer.pad_token_id)
+        micro = {k: v.to(run.device) for k, v in micro.items()}
+        logits = model(input_ids=micro["input_ids"], attention_mask=micro["attention_mask"], use_cache=False).logits
+        loss = token_losses(logits, micro["labels"])[0].sum() / n_tokens
         loss.backward()
         total += loss.item()
     if c.max_grad_norm:

@@ -240,7 +240,7 @@ def write_outputs(run, seed: int, seeds: dict, folder: Path, model, state, losse
     log = {
         "complete": True, "identity": state.identity, "seed": seed, "seeds": seeds,
         "init_digest": state.init_digest,
-        "base_model": str(run.base_model), "data": str(run.data), "config": asdict(run.config),
+        "base_model": str(run.base_model.resolve()), "data": str(run.data.resolve()), "config": asdict(run.config),
         "n_train": len(run.train), "n_eval": len(run.held), "steps": state.step,
         "steps_per_epoch": run.steps_per_epoch, "epochs": run.epochs, "device": str(run.device),
         "final_train_loss": _clean(mean_loss(losses, run.train)), "losses": state.losses,

@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def options(args) -> dict:
     """TrainConfig fields from the parsed arguments."""
     targets = args.targets
-    if targets is not None and len(targets) == 1:
-        targets = targets[0]  # "all-linear" or one module name
+    if targets == ["all-linear"]:
+        targets = "all-linear"  # PEFT's keyword; any other single name stays a list (a str is a regex)
     return dict(
         vary=args.vary, fixed_seed=args.fixed_seed, rank=args.rank, alpha=args.alpha, dropout=args.dropout,
         target_modules=targets, lr=args.lr, weight_decay=args.weight_decay, scheduler=args.scheduler,
