@@ -25,6 +25,7 @@ from .merge import resolve_method
 from .output import check_output_free
 from .provenance import package_version
 from .rng import module_generator
+from .shard_writer import tensor_bytes
 
 
 def merge_checkpoints(
@@ -52,7 +53,7 @@ def merge_checkpoints(
     layout = output_layout(base, shard_size)
     report = _new_report("checkpoints", output, base, entry.name, resolved, weight_tensor, seed, checkpoints, layout)
 
-    def new_tensor(info: TensorInfo) -> Optional[torch.Tensor]:
+    def new_chunks(info: TensorInfo) -> Optional[list]:
         if not info.mergeable:
             return None
         weight = base.load(info)
@@ -60,9 +61,9 @@ def merge_checkpoints(
         merged = entry.merge_deltas(deltas, weight_tensor, resolved, module_generator(seed, info.name))
         report.merged_params += merged.numel()
         report.zero_delta_params += int(torch.count_nonzero(merged == 0))
-        return add_delta(weight, merged)
+        return [tensor_bytes(add_delta(weight, merged))]
 
-    write_model_folder(base, output, layout, new_tensor, report, _provenance(report, base, checkpoints), overwrite, progress)
+    write_model_folder(base, output, layout, new_chunks, report, _provenance(report, base, checkpoints), overwrite, progress)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -2,12 +2,13 @@
 
 `fuse_adapters` validates everything headers can tell (adapters agree, every adapted module's
 weight exists in the base with the right shape and a float dtype, output free), then walks
-the base in on-disk order: an adapted weight is loaded, τ (dense, from `merge_module`, so
-random methods draw the same masks as on the adapter path) is added in float32 and the sum
-cast back to the weight's dtype; every other tensor is copied byte for byte. Output goes to a
-staged folder (complete or absent) with config, tokenizer and other side files, a provenance
-file and a model card. Peak memory is the largest adapted module's float32 work, not a shard.
-`write_model_folder` is shared with the full-checkpoint merge (checkpoints.py).
+the base in on-disk order. An adapted weight is read in blocks of rows; τ comes from
+`merge_module` (so random methods draw the same masks as on the adapter path), each block of
+W + τ is summed in float32 and cast back to W's dtype; every other tensor is copied byte for
+byte by the kernel. Output goes to a staged folder (complete or absent) with config, tokenizer
+and other side files, a provenance file and a model card. Peak memory is a few MB of blocks for
+low-rank methods (τ's rows are B[rows] @ A, never the whole matrix) and the largest module's
+dense τ for dense methods: never a shard. `write_model_folder` is shared with checkpoints.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -26,13 +27,15 @@ from .hf_model import INDEX_NAME, ModelFolder, TensorInfo
 from .merge import merge_module, open_adapters, resolve_method, validate_compatible
 from .output import check_output_free, staged_output
 from .provenance import provenance_record
-from .shard_writer import ShardWriter, TensorSpec, parse_size, plan_by_size
+from .lowrank import LowRank
+from .shard_writer import ShardWriter, TensorSpec, parse_size, plan_by_size, tensor_bytes
 
 PROVENANCE_NAME = "seedlora_provenance.json"
 CARD_NAME = "README.md"
 # weight formats never copied as side files (the fused shards replace the base's weights)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 _NOT_COPIED = (INDEX_NAME, "pytorch_model.bin.index.json", PROVENANCE_NAME, CARD_NAME)
+BLOCK_ELEMENTS = 1 << 20  # rows of W + τ computed at a time: 4 MB of float32, cache-sized
 
 
 @dataclass
@@ -97,17 +100,15 @@ def fuse_adapters(
     layout = output_layout(base, shard_size)
     report = _new_report("adapters", output, base, entry.name, resolved, weight_tensor, seed, adapters, layout)
 
-    def new_tensor(info: TensorInfo) -> Optional[torch.Tensor]:
+    def new_chunks(info: TensorInfo) -> Optional[Iterator]:
         module = targets.get(info.name)
         if module is None:
             return None
-        update = merge_module(adapters, module, entry, weight_tensor, resolved, seed, dense=True)
-        if adapters[0].modules[module].transposed:
-            update = update.T
-        return add_delta(base.load(info), update)
+        update = merge_module(adapters, module, entry, weight_tensor, resolved, seed)
+        return fused_blocks(base, info, update_rows(update, adapters[0].modules[module].transposed))
 
     provenance = provenance_record(adapters, report, base=base.path)
-    write_model_folder(base, output, layout, new_tensor, report, provenance, overwrite, progress)
+    write_model_folder(base, output, layout, new_chunks, report, provenance, overwrite, progress)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -136,10 +137,31 @@ def adapted_weights(adapter, names: Sequence[str], base: ModelFolder) -> dict:
     return targets
 
 
+def update_rows(update, transposed: bool) -> Callable[[torch.Tensor, int], None]:
+    """add(work, start): work += τ's rows from `start` on, in the base weight's layout.
+
+    A low-rank update is never formed whole: each block of rows is one addmm with B[rows] and A.
+    """
+    if isinstance(update, LowRank):
+        left, right = (update.A.T, update.B.T) if transposed else (update.B, update.A)
+        return lambda work, start: work.addmm_(left[start : start + work.shape[0]].to(work.dtype), right.to(work.dtype))
+    dense = update.T if transposed else update
+    return lambda work, start: work.add_(dense[start : start + work.shape[0]])
+
+
+def fused_blocks(base: ModelFolder, info: TensorInfo, add: Callable[[torch.Tensor, int], None]) -> Iterator:
+    """Bytes of W + τ, block by block of rows: float32 sum (float64 for float64 W), cast back to W's dtype."""
+    compute = torch.promote_types(info.torch_dtype, torch.float32)
+    per_block = max(1, BLOCK_ELEMENTS // max(1, info.shape[1]))
+    for start, block in base.row_blocks(info, per_block):
+        work = block.to(compute, copy=True)  # its own memory: the read buffer is reused
+        add(work, start)
+        yield tensor_bytes(work.to(info.torch_dtype))
+
+
 def add_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """(W + τ) computed in float32 (float64 for float64 weights), cast back to W's dtype."""
-    compute = torch.promote_types(weight.dtype, torch.float32)
-    return weight.to(compute).add_(delta.to(compute)).to(weight.dtype)
+    return torch.add(delta.to(torch.promote_types(weight.dtype, torch.float32)), weight).to(weight.dtype)
 
 
 def output_layout(base: ModelFolder, shard_size=None) -> list:
@@ -157,13 +179,13 @@ def write_model_folder(
     base: ModelFolder,
     output,
     layout: list,
-    new_tensor: Callable[[TensorInfo], Optional[torch.Tensor]],
+    new_chunks: Callable[[TensorInfo], Optional[Iterator]],
     report: FusedReport,
     provenance: dict,
     overwrite: bool,
     progress: bool,
 ) -> Path:
-    """Stream every base tensor through `new_tensor` (None: copy its bytes) into a staged folder."""
+    """Stream every base tensor through `new_chunks` (None: copy its bytes) into a staged folder."""
     from tqdm.auto import tqdm
 
     metadata = base.metadata.get(base.shards[0]) if base.shards else None
@@ -172,12 +194,12 @@ def write_model_folder(
         with tqdm(total=base.total_bytes, unit="B", unit_scale=True, desc="fusing", disable=not progress, leave=False) as bar:
             with ShardWriter(staging, layout, metadata) as writer:
                 for info in base.tensors.values():
-                    tensor = new_tensor(info)
-                    if tensor is None:
-                        writer.write_chunks(info.name, base.chunks(info))
+                    chunks = new_chunks(info)
+                    if chunks is None:
+                        writer.copy_from(info.name, info.shard, info.start, info.nbytes)
                         report.copied += 1
                     else:
-                        writer.write(info.name, tensor)
+                        writer.write_chunks(info.name, chunks)
                         report.updated += 1
                     bar.update(info.nbytes)
             report.bytes_written = writer.total_bytes

@@ -3,14 +3,15 @@
 `ModelFolder.open(path)` reads config.json, then `model.safetensors` or
 `model.safetensors.index.json` plus every shard's header (names, dtypes, shapes, byte
 offsets), and validates them before any tensor data is read. Tensors are then read one at a
-time with plain file reads (no mmap, so pages of a shard never count against the process):
-`chunks(info)` streams the stored bytes (for byte-for-byte copies), `load(info)` gives a
-torch tensor. A streaming merge thus holds only the tensor in hand.
+time: `load(info)` reads one tensor with a plain file read, `row_blocks(info)` maps just that
+tensor's bytes and yields blocks of rows. A streaming merge thus holds at most the tensor in
+hand, never a shard.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,6 @@ _TORCH_DTYPES = {
     "U32": "uint32", "F32": "float32", "I64": "int64", "U64": "uint64", "F64": "float64",
 }
 MERGEABLE = ("F16", "BF16", "F32", "F64")  # float dtypes a merge computes on (in float32)
-CHUNK_BYTES = 16 << 20
 
 
 class ModelFormatError(SeedLoraError):
@@ -131,17 +131,26 @@ class ModelFolder:
         return sum(info.nbytes for info in self.tensors.values())
 
     @staticmethod
-    def chunks(info: TensorInfo, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
-        """The tensor's stored bytes, `chunk` bytes at a time."""
+    def row_blocks(info: TensorInfo, rows_per_block: int) -> Iterator[tuple]:
+        """(first row, rows x cols tensor) blocks of a 2-D tensor, in order, read-only views.
+
+        The tensor's byte range alone is memory-mapped (copy-on-write, never written), so the
+        blocks are read straight from the page cache without a copy; the mapping goes away
+        with the last view, so at most one tensor of the shard is ever mapped.
+        """
+        rows, cols = info.shape
+        if info.nbytes == 0:
+            return
+        aligned = info.start - info.start % mmap.ALLOCATIONGRANULARITY
         with open(info.shard, "rb") as handle:
-            handle.seek(info.start)
-            left = info.nbytes
-            while left > 0:
-                data = handle.read(min(chunk, left))
-                if not data:
-                    raise ModelFormatError(f"{info.shard}: ends inside tensor {info.name}; re-copy the file")
-                left -= len(data)
-                yield data
+            try:
+                mapped = mmap.mmap(handle.fileno(), info.start + info.nbytes - aligned, offset=aligned, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError) as exc:
+                raise ModelFormatError(f"{info.shard}: cannot read tensor {info.name} ({exc}); re-copy the file") from None
+        whole = torch.frombuffer(mapped, dtype=info.torch_dtype, count=info.numel, offset=info.start - aligned)
+        whole = whole.view(rows, cols)
+        for start in range(0, rows, rows_per_block):
+            yield start, whole[start : start + rows_per_block]
 
     @staticmethod
     def load(info: TensorInfo) -> torch.Tensor:

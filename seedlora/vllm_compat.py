@@ -2,8 +2,8 @@
 
 Some adapters are refused (DoRA, bias, modules_to_save, rank above --max-lora-rank); worse,
 others load but compute a different update: PEFT silently drops keys it cannot place, vLLM
-scales every tensor by the config's r and lora_alpha whatever its real rank, and both skip
-modules the base does not have. `check_adapter` reads adapter_config.json and the weights
+scales each module by the lora_alpha/r its config declares whatever the tensors' real rank,
+and both skip modules the base does not have. `check_adapter` reads adapter_config.json and the weights
 file's header (no tensor data) and reports each problem with its fix, plus the
 `--max-lora-rank` to serve with. The rules follow vLLM 0.32 (vllm/lora/peft_helper.py,
 lora_model.py, utils.py, config/lora.py) and PEFT 0.21, both checked by experiment.
@@ -11,13 +11,13 @@ lora_model.py, utils.py, config/lora.py) and PEFT 0.21, both checked by experime
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .adapter import BIN_NAME, CONFIG_NAME, KEY_PREFIX, SAFETENSORS_NAME, pattern_value, read_safetensors_header
+from .adapter import _read_config as _adapter_config
 from .errors import MethodError, SeedLoraError
 
 # vLLM's LoRAConfig.max_lora_rank is Literal[...] of exactly these (vllm/config/lora.py:26)
@@ -28,12 +28,9 @@ REMERGE = "re-merge with `seedlora merge ... --vllm`"
 _PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 # PEFT features vLLM refuses outright (peft_helper.py:53-87): config key -> what it is
 _REFUSED = {
-    "use_dora": "DoRA (use_dora)",
-    "lora_bias": "LoRA bias (lora_bias)",
+    "use_dora": "DoRA (use_dora)", "lora_bias": "LoRA bias (lora_bias)", "layer_replication": "layer_replication",
     "alora_invocation_tokens": "Activated LoRA (alora_invocation_tokens)",
-    "layer_replication": "layer_replication",
-    "use_bdlora": "block-diagonal LoRA (use_bdlora)",
-    "use_qalora": "QALoRA (use_qalora)",
+    "use_bdlora": "block-diagonal LoRA (use_bdlora)", "use_qalora": "QALoRA (use_qalora)",
 }
 # the only tensor names vLLM parses (utils.py:167-220) and PEFT saves for plain LoRA
 _FACTOR = re.compile(
@@ -92,17 +89,19 @@ def check_adapter(path, base=None) -> CheckReport:
     if not path.is_dir():
         return CheckReport(path, (Finding(ERROR, f"{path}: adapter folder not found; pass a PEFT adapter folder"),), None)
     config, findings = _read_config(path)
-    weights_file, shapes, more = _weight_shapes(path)
-    findings += more
-    modules, more = _modules(weights_file, shapes or {})
-    findings += more
+    weights_file, shapes, file_findings = _weight_shapes(path)
     if config is not None:
         findings += _config_findings(config, path / CONFIG_NAME, shapes or {})
-        findings += _rank_findings(config, modules, weights_file)
-        findings += _target_findings(config, modules, path / CONFIG_NAME)
+    modules, more = _modules(weights_file, shapes or {})
+    findings += file_findings + more
+    if config is not None:
+        findings += _rank_findings(config, modules, weights_file) + _target_findings(config, modules, path / CONFIG_NAME)
     if base is not None and modules:
         findings += _base_findings(modules, config or {}, Path(base), weights_file)
-    rank = max([m["rank"] for m in modules.values()] + _declared_ranks(config or {}), default=None)
+    declared = [config.get("r")] + list((config.get("rank_pattern") or {}).values()) if config else []
+    # vLLM refuses the adapter if r or any rank_pattern value exceeds --max-lora-rank
+    declared = [v for v in declared if isinstance(v, int) and v > 0]
+    rank = max([m["rank"] for m in modules.values()] + declared, default=None)
     if rank is not None and rank > VLLM_MAX_LORA_RANKS[-1]:
         findings.append(Finding(ERROR, f"{path}: rank {rank} is above vLLM's largest --max-lora-rank 512; re-merge with `seedlora merge ... --vllm --rank 512`"))
         rank = None
@@ -110,17 +109,11 @@ def check_adapter(path, base=None) -> CheckReport:
 
 
 def _read_config(path: Path) -> tuple:
-    """(config dict or None, findings)."""
-    where = path / CONFIG_NAME
-    if not where.is_file():
-        return None, [Finding(ERROR, f"{where}: missing; PEFT and vLLM need the config PEFT's save_pretrained writes")]
+    """(config dict or None, findings), with adapter.py's checks and messages."""
     try:
-        config = json.loads(where.read_text())
-    except (OSError, ValueError) as exc:
-        return None, [Finding(ERROR, f"{where}: not valid JSON ({exc}); re-save the adapter")]
-    if not isinstance(config, dict):
-        return None, [Finding(ERROR, f"{where}: expected a JSON object; re-save the adapter")]
-    return config, []
+        return _adapter_config(path), []
+    except SeedLoraError as exc:
+        return None, [Finding(ERROR, str(exc))]
 
 
 def _weight_shapes(path: Path) -> tuple:
@@ -179,21 +172,23 @@ def _modules(weights_file: Optional[Path], shapes: dict) -> tuple:
 
 
 def _odd_key_findings(weights_file: Optional[Path], keys: list) -> list:
-    """One error per kind of tensor that is not a LoRA factor (vLLM raises on each)."""
+    """One finding per kind of tensor that is not a LoRA factor (vLLM raises on most)."""
     kinds: dict = {}
     for key in keys:
-        if "lora_magnitude_vector" in key:
-            kind = "DoRA magnitudes; retrain without DoRA"
+        if key.endswith((".embed_tokens.base_layer.weight", ".lm_head.base_layer.weight")):
+            kind = (WARNING, "full embedding weights (PEFT save_embedding_layers)", "vLLM ignores them, so a resized or trained vocabulary is served as the base's: save with save_embedding_layers=False if unchanged")
+        elif "lora_magnitude_vector" in key:
+            kind = (ERROR, "DoRA magnitudes", "vLLM refuses them: retrain without DoRA")
         elif key.endswith(".bias"):
-            kind = "biases; retrain with bias='none' and lora_bias=False"
+            kind = (ERROR, "biases", "vLLM refuses them: retrain with bias='none' and lora_bias=False")
         elif re.search(r"\.lora_(embedding_)?[AB]\.", key):
-            kind = "factors with an adapter name or odd suffix; rename to <module>.lora_A.weight / .lora_B.weight"
+            kind = (ERROR, "factors with an adapter name or odd suffix", "vLLM refuses them: rename to <module>.lora_A.weight / .lora_B.weight")
         else:
-            kind = "full weights (modules_to_save or trainable tokens); retrain without them"
+            kind = (ERROR, "full weights (modules_to_save or trainable tokens)", "vLLM refuses them: retrain without them")
         kinds.setdefault(kind, []).append(key)
     return [
-        Finding(ERROR, f"{weights_file}: {len(found)} tensors are {kind} (e.g. {found[0]}): vLLM refuses them ('unsupported LoRA weight')")
-        for kind, found in kinds.items()
+        Finding(severity, f"{weights_file}: {len(found)} tensors are {what} (e.g. {found[0]}); {fix}")
+        for (severity, what, fix), found in kinds.items()
     ]
 
 
@@ -239,12 +234,6 @@ def _scaling_findings(config: dict, where: Path) -> list:
     return found
 
 
-def _declared_ranks(config: dict) -> list:
-    """r and every rank_pattern value: vLLM refuses the adapter if any exceeds --max-lora-rank."""
-    values = [config.get("r")] + list((config.get("rank_pattern") or {}).values())
-    return [v for v in values if isinstance(v, int) and v > 0]
-
-
 def _rank_findings(config: dict, modules: dict, weights_file: Optional[Path]) -> list:
     """Tensors whose rank differs from what r/rank_pattern declare for their module."""
     r = config.get("r")
@@ -277,7 +266,7 @@ def _target_findings(config: dict, modules: dict, where: Path) -> list:
     ]
     if not untargeted:
         return []
-    return [Finding(MIS_SCALE, f"{where}: {len(untargeted)} modules with factors are not in target_modules/are excluded (e.g. {untargeted[0]}); PEFT drops them, vLLM applies them: add them to target_modules")]
+    return [Finding(MIS_SCALE, f"{where}: {len(untargeted)} modules with factors are not in target_modules/are excluded (e.g. {untargeted[0]}); PEFT drops them while vLLM applies them (or refuses an unknown module name): add them to target_modules")]
 
 
 def _base_findings(modules: dict, config: dict, base: Path, weights_file: Optional[Path]) -> list:
@@ -305,7 +294,7 @@ def _base_findings(modules: dict, config: dict, base: Path, weights_file: Option
             wrong.append(f"{name}: update {list(expected)} vs base {list(tensor.shape)}")
     found = []
     if missing:
-        found.append(Finding(MIS_SCALE, f"{weights_file}: {len(missing)} modules have no weight in {base} (e.g. no {missing[0]}.weight); PEFT and vLLM skip them silently: the adapter was made for another model or its key names are wrong"))
+        found.append(Finding(MIS_SCALE, f"{weights_file}: {len(missing)} modules have no weight in {base} (e.g. no {missing[0]}.weight); PEFT skips them silently, vLLM too (or refuses an unknown module name): the adapter was made for another model or its key names are wrong"))
     if wrong:
         found.append(Finding(ERROR, f"{weights_file}: {len(wrong)} modules do not fit {base} ({wrong[0]}); PEFT fails (size mismatch): the adapter was made for another model"))
     return found

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from .adapter import CONFIG_NAME, KEY_PREFIX, SAFETENSORS_NAME, LoraAdapter
 from .output import staged_output
 from .provenance import provenance_record
+from .vllm_compat import VLLM_MAX_LORA_RANKS
 
 REPORT_NAME = "merge_report.json"
 PROVENANCE_NAME = "seedlora_provenance.json"
@@ -110,12 +111,5 @@ from peft import PeftModel
 model = PeftModel.from_pretrained(base_model, "path/to/this/folder")
 ```
 
-Serve with vLLM: `vllm serve BASE --enable-lora --max-lora-rank {_vllm_hint(report.rank)} --lora-modules merged=path/to/this/folder`
+Serve with vLLM: `vllm serve BASE --enable-lora --max-lora-rank {min(b for b in VLLM_MAX_LORA_RANKS if b >= min(report.rank, 512))} --lora-modules merged=path/to/this/folder`
 """
-
-
-def _vllm_hint(rank: int) -> int:
-    for bucket in (1, 8, 16, 32, 64, 128, 256, 320, 512):
-        if rank <= bucket:
-            return bucket
-    return rank

@@ -139,11 +139,15 @@ def test_fused_weights_are_base_plus_merged_update(setup, tmp_path, method):
     assert set(fused) == set(original) and report.updated == len(updates[0]) == 4 * 2 - 1  # one embed_tokens
     for key in updates[0]:
         W, deltas = original[key], [u[key] for u in updates]
-        # 1) the same computation as the adapter path, exactly
+        # 1) the adapter path's update (same masks for random methods): exact for dense methods;
+        #    low-rank ones compute B[rows] @ A block by block, equal to float32 rounding
         module = key.removesuffix(".weight")
         tau = merge_module(adapters, module, entry, weights, resolved, 7, dense=True)
         tau = tau.T if module.endswith("embed_tokens") else tau
-        assert torch.equal(fused[key], (W + tau).to(W.dtype)), key
+        if entry.low_rank:
+            torch.testing.assert_close(fused[key], W + tau, rtol=1e-6, atol=1e-7, msg=key)
+        else:
+            assert torch.equal(fused[key], (W + tau).to(W.dtype)), key
         # 2) an independent computation from the saved factors, to float32 rounding
         if method in REFERENCES:
             expected = W.double() + REFERENCES[method][0](deltas).double()
@@ -345,11 +349,11 @@ def test_peak_memory_below_largest_shard_plus_constant(tmp_path):
     rss = json.loads(run.stdout.strip().splitlines()[-1])
     growth = rss["peak"] - rss["before"]
     print(f"peak RSS growth {growth / 2**20:.1f} MiB, largest shard {largest_shard / 2**20:.1f} MiB, {rss}")
-    # The constant: the float32 work on the largest adapted module (the 2048 x 768 MLP weight,
-    # 6.3 MB): its W, τ, W + τ and the three adapters' dense products ≈ 6 copies = 38 MB, one
-    # 16 MiB read chunk, and 16 MiB of allocator slack. It does not grow with the model.
-    largest_module = 2048 * 768 * 4
-    constant = 6 * largest_module + (16 << 20) + (16 << 20)
+    # The constant, 64 MiB: a low-rank merge works on blocks of 2**20 rows-elements (a 4 MB
+    # float32 block, its cast and the read buffer: ~10 MB), the adapters' factors (< 1 MB), and
+    # the rest is allocator and first-use slack (tqdm, JSON, kernels). None of it grows with the
+    # model; a non-streaming writer would add at least a whole shard on top.
+    constant = 64 << 20
     assert growth < largest_shard + constant, (growth, largest_shard, constant)
     # streaming means no shard is ever held whole: the growth is under one shard
     assert growth < largest_shard, (growth, largest_shard)

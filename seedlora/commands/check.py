@@ -21,6 +21,7 @@ def run(args) -> None:
         print(finding)
     problems = report.findings if args.strict else report.problems
     if problems:
-        print(f"vLLM: would reject/mis-scale ({len(problems)} problems)")
-        raise SeedLoraError(f"{args.adapter}: {len(problems)} problems found by `seedlora check` (listed above); fix them or re-merge with `seedlora merge ... --vllm`")
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        print(f"vLLM: would reject/mis-scale ({count})")
+        raise SeedLoraError(f"{args.adapter}: {count} found by `seedlora check` (listed above); fix them or re-merge with `seedlora merge ... --vllm`")
     print(f"vLLM: OK, serve with --max-lora-rank {report.max_lora_rank}")

@@ -110,9 +110,13 @@ def summary(report, n_inputs: int) -> str:
         for m in worst:
             lines.append(f"  {m.name}: rank {m.exact_rank}→{m.rank}, energy kept {m.energy_kept:.4%}, rel. error {m.relative_error:.3e}")
         lines.append("per-module figures: merge_report.json in the output folder")
-    lines.append(f"serve with vLLM: --enable-lora --max-lora-rank {_bucket(report.rank)}")
+    lines.append(serving_hint(report.rank))
     return "\n".join(lines)
 
 
-def _bucket(rank: int) -> int:
-    return next((b for b in (1, 8, 16, 32, 64, 128, 256, 320, 512) if rank <= b), rank)
+def serving_hint(rank: int) -> str:
+    from ..vllm_compat import VLLM_MAX_LORA_RANKS, vllm_rank_bucket
+
+    if rank > VLLM_MAX_LORA_RANKS[-1]:
+        return f"rank {rank} is above what vLLM serves (512): re-merge with --vllm --rank 512 to serve it"
+    return f"serve with vLLM: --enable-lora --max-lora-rank {vllm_rank_bucket(rank)}"

