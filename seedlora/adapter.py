@@ -246,6 +246,11 @@ def _reject_unsupported_config(path: Path, config: dict) -> None:
 def _reject_unknown_key(weights_file: Path, key: str) -> None:
     if "lora_magnitude_vector" in key:
         raise UnsupportedFeatureError(f"{weights_file}: tensor {key} is a DoRA magnitude; DoRA adapters are not supported")
+    if key.endswith("base_layer.weight"):
+        raise UnsupportedFeatureError(
+            f"{weights_file}: tensor {key} is a saved base embedding (save_embedding_layers); if the vocabulary "
+            "was not resized, re-save the adapter with save_pretrained(..., save_embedding_layers=False)"
+        )
     if "modules_to_save" in key or not ("lora_" in key):
         raise UnsupportedFeatureError(
             f"{weights_file}: tensor {key} is not a LoRA factor (modules_to_save or extra weights); retrain without it"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -64,17 +64,23 @@ class FusedReport:
         return self.zero_delta_params / self.merged_params if self.merged_params else 0.0
 
     def to_dict(self) -> dict:
-        record = asdict(self)
-        record.pop("output")
-        record.pop("seconds")  # provenance stays byte-identical between runs
-        record["unchanged_share"] = self.unchanged_share
+        """What the provenance file records (no output path or timing: reruns stay byte-identical)."""
+        record = {"kind": self.kind, "shards": self.shards, "tensors_merged": self.updated,
+                  "tensors_copied": self.copied, "bytes_written": self.bytes_written}
+        if self.kind == "checkpoints":
+            record.update(merged_params=self.merged_params, zero_delta_params=self.zero_delta_params,
+                          unchanged_share=self.unchanged_share)
         return record
 
     def summary(self) -> str:
-        return (
+        """One line for the terminal."""
+        text = (
             f"{self.output}: {self.updated} tensors merged ({self.method}), {self.copied} copied unchanged, "
             f"{len(self.shards)} shard(s), {self.bytes_written / 1e9:.2f} GB in {self.seconds:.1f} s"
         )
+        if self.kind == "checkpoints":
+            text += f"; {self.unchanged_share:.1%} of merged entries left at the base value"
+        return text
 
 
 def fuse_adapters(
@@ -121,7 +127,8 @@ def adapted_weights(adapter, names: Sequence[str], base: ModelFolder) -> dict:
         info = base.tensors.get(key)
         if info is None:
             raise IncompatibleInputsError(
-                f"{adapter.path}: module {name} has no weight {key} in base {base.path}; pass the base model the adapters were trained on"
+                f"{adapter.path}: module {name} has no weight {key} in base {base.path} (a tied or renamed weight?); "
+                "pass the base model the adapters were trained on"
             )
         expected = (module.in_features, module.out_features) if module.transposed else module.shape
         if info.shape != expected:

@@ -147,6 +147,8 @@ class ModelFolder:
                 mapped = mmap.mmap(handle.fileno(), info.start + info.nbytes - aligned, offset=aligned, access=mmap.ACCESS_COPY)
             except (OSError, ValueError) as exc:
                 raise ModelFormatError(f"{info.shard}: cannot read tensor {info.name} ({exc}); re-copy the file") from None
+        if hasattr(mapped, "madvise"):  # start reading the whole tensor ahead of the blocks
+            mapped.madvise(mmap.MADV_WILLNEED)
         whole = torch.frombuffer(mapped, dtype=info.torch_dtype, count=info.numel, offset=info.start - aligned)
         whole = whole.view(rows, cols)
         for start in range(0, rows, rows_per_block):

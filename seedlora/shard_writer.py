@@ -158,19 +158,24 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._do(self._close)
-        try:
-            if self._io is not None:
+        error = None
+        if self._io is not None:
+            try:
+                self._io.submit(self._close)
+            except BaseException as failure:  # the I/O thread failed earlier; it still drains and stops
+                error = failure
+            try:
                 self._io.join()
-        except Exception:
-            if exc_type is None:
-                raise
-        finally:
-            self._close()
-        if exc_type is None:
-            if self._position != len(self._queue):
-                raise RuntimeError(f"shard writer: {self._queue[self._position][1].name} was never written")
-            self._write_index()
+            except BaseException as failure:
+                error = error or failure
+        self._close()
+        if exc_type is not None:
+            return  # the caller's own error propagates
+        if error is not None:
+            raise error
+        if self._position != len(self._queue):
+            raise RuntimeError(f"shard writer: {self._queue[self._position][1].name} was never written")
+        self._write_index()
 
     @property
     def total_bytes(self) -> int:

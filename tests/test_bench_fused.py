@@ -13,9 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_fused_smoke(tmp_path):
     work, report_file = tmp_path / "work", tmp_path / "report.json"
     run = subprocess.run(
@@ -29,11 +32,13 @@ def test_bench_fused_smoke(tmp_path):
     assert report["largest_shard"] <= 8e6 + 1e6 and report["weight_bytes"] > 2 * report["largest_shard"]
     for route in ("copy", "seedlora", "peft"):
         measured = report["routes"][route]
-        assert measured["seconds"] > 0 and measured["peak_rss"] >= measured["import_rss"] > 0
+        assert 0 < measured["seconds"] <= measured["durable_seconds"] and measured["cpu_seconds"] >= 0
+        assert measured["peak_rss"] >= measured["import_rss"] > 0
         assert route in run.stdout
     # fused with float32 math and cast once: within one bf16 rounding step of PEFT's weights
     assert report["agreement"]["identical_share"] > 0.8
-    assert report["agreement"]["max_abs_diff"] < 1e-2
-    assert set(report["targets"]) == {"throughput >= 1/2 copy", "peak < largest shard + 1 GiB", "peak >= 3x below PEFT"}
+    assert report["agreement"]["max_abs_diff"] < 4e-3
+    assert set(report["targets"]) == {"throughput >= 1/2 copy (page cache)", "throughput >= 1/2 copy (durable)",
+                                      "peak < largest shard + 1 GiB", "peak >= 3x below PEFT"}
     assert "target peak < largest shard + 1 GiB: met" in run.stdout
     assert list(work.iterdir()) == []  # scratch files deleted

@@ -6,7 +6,12 @@ current token; its lm_head is set so chosen tokens predict chosen successors. Th
 tests state exactly which label wins and what greedy decoding produces.
 """
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +25,8 @@ from eval.evaluate import (
 from eval.report import markdown_table, single_stats, write_report
 from seedlora import merge_adapters
 from seedlora.errors import SeedLoraError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def automaton(folder, successors: dict[str, str], strength: float = 10.0):
@@ -182,3 +189,31 @@ def test_cli_writes_json_table_and_chart_for_a_real_merge(root, sentiment, rando
     assert "| linear |" in (out / "table.md").read_text()
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "single mean" in capsys.readouterr().out
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None and not os.environ.get("SEEDLORA_REQUIRE_VLLM"),
+    reason="vLLM is not installed (pip install 'seedlora[vllm]')",
+)
+def test_vllm_backend_matches_transformers(tmp_path, sentiment):
+    """The vLLM path (own process: vLLM configures threads and logging on import) gives the same numbers."""
+    base = make_tiny_llama(tmp_path / "base", hidden=64, heads=2, seed=3)  # vLLM's CPU attention needs head_dim >= 32
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    model.merge_and_unload().save_pretrained(tmp_path / "fused")
+    results = {}
+    for backend in ("transformers", "vllm"):
+        out = tmp_path / backend
+        command = [sys.executable, "-m", "eval.evaluate", "--base", str(base), "--data", str(sentiment), "--task", "sentiment",
+                   "--single", f"adapter={tmp_path / 'adapter'}", "--merged", f"fused={tmp_path / 'fused'}",
+                   "--backend", backend, "--output", str(out), "--quiet"]
+        subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=600)
+        results[backend] = json.loads((out / "results.json").read_text())["models"]
+    for name in ("base", "adapter", "fused"):
+        expected, got = results["transformers"][name], results["vllm"][name]
+        assert got["loss"] == pytest.approx(expected["loss"], abs=1e-4)
+        assert got["per_example"]["loss"] == pytest.approx(expected["per_example"]["loss"], abs=1e-4)
+        assert got["per_example"]["prediction"] == expected["per_example"]["prediction"]

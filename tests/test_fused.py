@@ -29,6 +29,7 @@ from seedlora.fused import PROVENANCE_NAME, fuse_adapters
 from seedlora.hf_model import INDEX_NAME, ModelFolder, is_model_folder
 from seedlora.merge import merge_module, open_adapters, resolve_method
 from seedlora.methods import method_names
+from seedlora.shard_writer import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "v_proj", "down_proj", "embed_tokens"]  # embed_tokens: a transposed update
@@ -229,6 +230,13 @@ def test_same_seed_same_bytes(setup, tmp_path):
     assert any((tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in shards)
 
 
+def test_shard_size_parsing():
+    assert parse_size("2GB") == 2 * 10**9 and parse_size("500MiB") == 500 * 2**20 and parse_size(4096) == 4096
+    for bad in ("2 parsecs", "-1GB", "", "0"):
+        with pytest.raises(SeedLoraError, match="is not a size"):
+            parse_size(bad)
+
+
 # ------------------------------------------------------------------ bad inputs
 def _assert_fails(tmp_path, error, match, adapters, base, **kwargs):
     with pytest.raises(error, match=match):
@@ -260,6 +268,18 @@ def test_adapter_shape_mismatch_names_module(setup, tmp_path):
     _, adapter_dirs = setup
     other = save_tiny_base(tmp_path / "other", hidden=64)
     _assert_fails(tmp_path, IncompatibleInputsError, r"module model\.embed_tokens.*shape", adapter_dirs, other)
+
+
+def test_failure_mid_merge_leaves_nothing(setup, tmp_path):
+    base, adapter_dirs = setup
+    broken = tmp_path / "nan"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_bytes((adapter_dirs[1] / "adapter_config.json").read_bytes())
+    with safe_open(str(adapter_dirs[1] / "adapter_model.safetensors"), framework="pt") as handle:
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    state["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"][0, 0] = float("nan")  # a late module
+    save_file(state, str(broken / "adapter_model.safetensors"))
+    _assert_fails(tmp_path, SeedLoraError, "down_proj lora_B contains NaN", [adapter_dirs[0], broken], base)
 
 
 def test_existing_output_is_refused(setup, tmp_path):

@@ -90,7 +90,7 @@ def _run_fused(args, inputs_are_models: bool, common: dict) -> None:
         from ..fused import fuse_adapters as fuse
     report = fuse(args.inputs, args.base, args.output, shard_size=args.shard_size, **common)
     if not args.quiet:
-        print(f"wrote {args.output}: {report}")
+        print(f"wrote {report.summary()}")
 
 
 def summary(report, n_inputs: int) -> str:
