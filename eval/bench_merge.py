@@ -7,9 +7,12 @@ seedlora once, so peak RSS (ru_maxrss) is clean; an import-only process gives th
 subtracted from it. Repeats are interleaved; the median is reported, per layer. PEFT needs the
 base model in memory: its load is timed apart, only add_weighted_adapter + save_pretrained count.
 PEFT svd (dense SVD of every out x in delta) is slow, so it runs once, on --svd-layers layers.
-Errors are ‖Y − τ‖/‖τ‖ against the exact target, in float64 from the input factors.
+Errors are ‖Y − τ‖/‖τ‖ against the exact target, in float64 from the input factors. Workers
+use 1 torch thread by default (--threads): on a busy 2-core machine each small multi-threaded
+BLAS call can stall for tens of ms at an OpenMP barrier, which would swamp the fast methods.
+Wall time decides the targets; each process's CPU time is shown too, being robust to contention.
 
-    python eval/bench_merge.py [--layers 2] [--k 3] [--rank 8] [--repeats 3] [--out-json PATH]
+    python eval/bench_merge.py [--layers 2] [--k 3] [--rank 8] [--repeats 5] [--out-json PATH]
 """
 
 from __future__ import annotations
@@ -87,28 +90,38 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def _clock() -> tuple:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple) -> dict:
+    """Wall seconds (what the targets use) and this process's CPU seconds (robust to contention)."""
+    now = _clock()
+    return {"seconds": now[0] - start[0], "cpu_seconds": now[1] - start[1]}
+
+
 def work_floor(spec: dict, out: Path) -> dict:
     """Read all K adapters' tensors, write one rank-Σr file of the linear output's size."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    started = time.perf_counter()
+    started = _clock()
     states = [load_file(str(Path(a) / "adapter_model.safetensors")) for a in spec["adapters"]]
     state = {}
     for key in states[0]:
         state[key] = torch.cat([s[key] for s in states], dim=0 if ".lora_A." in key else 1)
     out.mkdir()
     save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    return {"seconds": time.perf_counter() - started, "adapter_dir": None}
+    return {**_since(started), "adapter_dir": None}
 
 
 def work_seedlora(spec: dict, out: Path, method: str, rank) -> dict:
     """merge_adapters end to end: open, read, merge, (truncate), write the folder."""
     from seedlora.merge import merge_adapters
 
-    started = time.perf_counter()
+    started = _clock()
     merge_adapters(spec["adapters"], out, method=method, rank=rank)
-    return {"seconds": time.perf_counter() - started, "adapter_dir": str(out)}
+    return {**_since(started), "adapter_dir": str(out)}
 
 
 def load_peft_model(spec: dict, adapters: list, layers: int):
@@ -139,14 +152,13 @@ def work_peft(spec: dict, out: Path, combination: str, full_matrices: bool = Tru
     adapters = spec["svd_adapters"] if svd else spec["adapters"]
     started = time.perf_counter()
     model = load_peft_model(spec, adapters, spec["svd_layers"] if svd else spec["layers"])
-    loaded, load_mb = time.perf_counter(), _peak_mb()
+    load_seconds, load_mb, loaded = time.perf_counter() - started, _peak_mb(), _clock()
     k = len(adapters)
     extra = {"svd_rank": spec["trunc_rank"], "svd_full_matrices": full_matrices} if svd else {}
     model.add_weighted_adapter([f"a{i}" for i in range(k)], [1.0 / k] * k, "merged",
                                combination_type=combination, **extra)
     model.save_pretrained(str(out), selected_adapters=["merged"])
-    done = time.perf_counter()
-    return {"seconds": done - loaded, "load_seconds": loaded - started, "load_peak_mb": load_mb,
+    return {**_since(loaded), "load_seconds": load_seconds, "load_peak_mb": load_mb,
             "adapter_dir": str(out / "merged")}
 
 
@@ -164,7 +176,7 @@ def run_worker(name: str, spec: dict, out: str, result_file: str) -> None:
     elif job[0] == "peft":
         result = work_peft(spec, out, job[1], job[2])
     else:  # imports only: the baseline
-        result = {"seconds": 0.0, "adapter_dir": None}
+        result = {"seconds": 0.0, "cpu_seconds": 0.0, "adapter_dir": None}
     result["peak_mb"] = _peak_mb()
     Path(result_file).write_text(json.dumps(result))
 
@@ -254,7 +266,8 @@ def run_all(ctx, spec: dict, work: Path, repeats: int, log) -> dict:
             out = work / "out" / f"{name}-{rep}"
             out.parent.mkdir(parents=True, exist_ok=True)
             result = measure(ctx, name, spec, out)
-            log(f"round {rep + 1}/{repeats} {name}: {result['seconds']:.3f} s, peak {result['peak_mb']:.0f} MB")
+            log(f"round {rep + 1}/{repeats} {name}: {result['seconds']:.3f} s (cpu {result['cpu_seconds']:.3f} s), "
+                f"peak {result['peak_mb']:.0f} MB")
             samples[name].append(result)
             if rep > 0:
                 shutil.rmtree(out, ignore_errors=True)  # round 0's outputs are kept for the errors
@@ -268,7 +281,9 @@ def summarize(samples: dict, layers: int, svd_layers: int) -> dict:
     for name in METHODS:
         runs, per = samples[name], svd_layers if name.startswith("peft_svd") else layers
         row = {"seconds_per_layer": statistics.median(r["seconds"] for r in runs) / per,
-               "seconds": [r["seconds"] for r in runs], "layers": per,
+               "cpu_seconds_per_layer": statistics.median(r["cpu_seconds"] for r in runs) / per,
+               "seconds": [r["seconds"] for r in runs], "cpu_seconds": [r["cpu_seconds"] for r in runs],
+               "layers": per,
                "peak_mb": statistics.median(r["peak_mb"] for r in runs) - base}
         if "load_seconds" in runs[0]:
             row["load_seconds_per_layer"] = statistics.median(r["load_seconds"] for r in runs) / per
@@ -279,40 +294,49 @@ def summarize(samples: dict, layers: int, svd_layers: int) -> dict:
 
 
 def check_targets(rows: dict, errors: dict, rtol: float = 1e-6) -> list:
-    """(passed, text) for each of the issue's targets."""
-    t = {name: rows[name]["seconds_per_layer"] for name in METHODS}
+    """(passed, text) for each of the issue's targets; decided on wall time, CPU-time ratios shown too."""
     svds = ("peft_svd", "peft_svd_thin")
-    exact = {m: t[m] / t["peft_cat"] for m in ("linear", "seedlora")}
+
+    def ratios(pairs, limit, at_most=True) -> tuple:
+        wall = {m: rows[m]["seconds_per_layer"] / rows[ref]["seconds_per_layer"] for m, ref in pairs}
+        cpu = {m: rows[m]["cpu_seconds_per_layer"] / rows[ref]["cpu_seconds_per_layer"] for m, ref in pairs}
+        ok = all(v <= limit if at_most else v >= limit for v in wall.values())
+        show = lambda d: ", ".join(f"{m} {v:.2f}x" for m, v in d.items())
+        return ok, f"{show(wall)} (CPU time: {show(cpu)})"
+
+    exact = ratios([(m, "peft_cat") for m in ("linear", "seedlora")], 1.5)
+    speed = ratios([(m, "linear_trunc") for m in svds], 100, at_most=False)
+    floor = ratios([(m, "floor") for m in ("linear", "seedlora", "linear_trunc")], 3)
     acc = {m: (errors["linear_trunc@svd"], errors[m]) for m in svds}
-    speed = {m: t[m] / t["linear_trunc"] for m in svds}
-    floor = {m: t[m] / t["floor"] for m in ("linear", "seedlora", "linear_trunc")}
-    fmt = lambda d, unit="x": ", ".join(f"{m} {v:.2f}{unit}" for m, v in d.items())
     return [
-        (all(v <= 1.5 for v in exact.values()), f"exact merges within 1.5x of PEFT cat: {fmt(exact)}"),
+        (exact[0], f"exact merges within 1.5x of PEFT cat: {exact[1]}"),
         (all(ours <= theirs * (1 + rtol) for ours, theirs in acc.values()),
          "truncated at least as accurate as PEFT svd: "
          + ", ".join(f"ours {o:.6e} vs {m} {p:.6e}" for m, (o, p) in acc.items())),
-        (all(v >= 100 for v in speed.values()), f"truncated >= 100x faster than PEFT svd: {fmt(speed)}"),
-        (all(v <= 3 for v in floor.values()), f"total time within 3x of read+write floor: {fmt(floor)}"),
+        (speed[0], f"truncated >= 100x faster than PEFT svd: {speed[1]}"),
+        (floor[0], f"total time within 3x of read+write floor: {floor[1]}"),
     ]
 
 
 def format_report(rows: dict, errors: dict, checks: list, labels: dict, header: str) -> str:
     """The table, the notes on PEFT's model load, then PASS/FAIL per target."""
     cat, floor = rows["peft_cat"]["seconds_per_layer"], rows["floor"]["seconds_per_layer"]
-    lines = [header, f"{'method':34} {'s/layer':>9} {'x cat':>8} {'x floor':>8} {'peak MB':>8} {'rel.err':>9} {'runs':>4}"]
+    lines = [header, f"{'method':34} {'s/layer':>9} {'cpu s/l':>9} {'x cat':>8} {'x floor':>8} {'peak MB':>8} "
+                     f"{'rel.err':>9} {'runs':>4}"]
     for name in METHODS:
         row, err = rows[name], errors.get(name)
         s = row["seconds_per_layer"]
-        lines.append(f"{labels[name]:34} {s:9.4f} {s / cat:8.2f} {s / floor:8.2f} {row['peak_mb']:8.0f} "
-                     f"{'—' if err is None else f'{err:.2e}':>9} {len(row['seconds']):4d}")
+        lines.append(f"{labels[name]:34} {s:9.4f} {row['cpu_seconds_per_layer']:9.4f} {s / cat:8.2f} {s / floor:8.2f} "
+                     f"{row['peak_mb']:8.0f} {'—' if err is None else f'{err:.2e}':>9} {len(row['seconds']):4d}")
     for name in METHODS:
         if "load_seconds_per_layer" in rows[name]:
             lines.append(f"  {labels[name]}: model load {rows[name]['load_seconds_per_layer']:.2f} s/layer (not "
                          f"counted), peak includes base model + adapters {rows[name]['model_mb']:.0f} MB")
     lines.append(f"  linear --rank on the PEFT svd layers: rel.err {errors['linear_trunc@svd']:.6e}")
-    lines.append(f"  peak MB above the import-only baseline ({rows['imports_baseline_mb']:.0f} MB); "
-                 "rel.err = ||Y - target|| / ||target|| in float64 (target: the average; SeedLoRA's τ_m for seedlora)")
+    lines.append(f"  s/layer: median wall time; cpu s/l: median CPU time of the process; x cat, x floor: wall-time "
+                 f"ratios; peak MB above the import-only baseline ({rows['imports_baseline_mb']:.0f} MB)")
+    lines.append("  rel.err = ||Y - target|| / ||target||, float64, from the input factors "
+                 "(target: the average; SeedLoRA's τ_m for seedlora)")
     lines += [f"{'PASS' if ok else 'FAIL'}  {text}" for ok, text in checks]
     return "\n".join(lines)
 
@@ -323,7 +347,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=3, help="adapters merged (default 3)")
     p.add_argument("--rank", type=int, default=8, help="rank of each input adapter (default 8)")
     p.add_argument("--trunc-rank", type=int, default=16, help="rank of the truncated outputs (default 16)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; PEFT svd runs once (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; PEFT svd runs once (default 5)")
     p.add_argument("--svd-layers", type=int, default=1, help="layers PEFT svd is timed on (default 1)")
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--intermediate", type=int, default=11008)

