@@ -108,10 +108,19 @@ def truncate(x: LowRank, rank: int) -> tuple[LowRank, float]:
     q_b, r_b = torch.linalg.qr(x.B.double())  # out x m, m x R
     q_a, r_a = torch.linalg.qr(x.A.double().T)  # in x m', m' x R
     U, S, Vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)  # core m x m'
-    total = float((S * S).sum())
-    kept = float((S[:rank] ** 2).sum())
-    energy = kept / total if total > 0 else 1.0
+    energy = kept_energy(S, rank)
     return _balanced(q_b @ U, S, Vh @ q_a.T, rank), energy
+
+
+def kept_energy(S: torch.Tensor, rank: int) -> float:
+    """Share of Σσ² in the top `rank` singular values (1.0 for a zero matrix)."""
+    total = float((S * S).sum())
+    return float((S[:rank] ** 2).sum()) / total if total > 0 else 1.0
+
+
+def approx_frobenius_sq(x: LowRank) -> float:
+    """‖B A‖² from float32 Grams: cheap, for weighting reports, not for statistics."""
+    return float(((x.B.T @ x.B) * (x.A @ x.A.T)).sum(dtype=torch.float64))
 
 
 def _relative_error(delta: torch.Tensor, approx: LowRank, rows: int = 4096) -> float:

@@ -153,6 +153,8 @@ def exact_rank(adapters: Sequence[LoraAdapter], module: str, method: MergeMethod
 def compress(result, module: str, rank: int, exact: int, seed: int):
     """Bring a module result to at most `rank` (QR+SVD on factors, SVD on dense), reporting the loss."""
     if isinstance(result, LowRank):
+        if rank >= result.rank:  # nothing to cut: exact, and the norm only weights the report
+            return result, ModuleResult(module, exact, result.rank, 1.0, 0.0, lowrank.approx_frobenius_sq(result))
         norm_sq = lowrank.frobenius_sq(result)
         kept, energy = lowrank.truncate(result, rank)
         error = max(0.0, 1.0 - energy) ** 0.5
