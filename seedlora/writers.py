@@ -33,29 +33,36 @@ def adapter_state_dict(merged: dict, dtype: torch.dtype) -> dict:
 
 
 def merged_adapter_config(adapters: Sequence[LoraAdapter], modules: Sequence[str], rank: int) -> dict:
-    """A LoRA config that PEFT and vLLM read as: every module rank `rank`, scale exactly 1."""
-    from peft import LoraConfig
+    """A LoRA config that PEFT and vLLM read as: every module rank `rank`, scale exactly 1.
 
+    Written as a plain dict (PEFT fills any field it lacks with its default), so writing an
+    adapter does not import peft/transformers, which costs seconds and no accuracy.
+    """
     first = adapters[0].config
     same_targets = all(a.config.get("target_modules") == first.get("target_modules") for a in adapters)
     targets = first.get("target_modules") if same_targets and first.get("target_modules") else None
     if targets is None or targets == "all-linear":
         targets = sorted({name.rsplit(".", 1)[-1] for name in modules})
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=rank,
-        target_modules=targets,
-        lora_dropout=0.0,
-        bias="none",
-        use_rslora=False,
-        fan_in_fan_out=bool(first.get("fan_in_fan_out", False)),
-        task_type=first.get("task_type"),
-        base_model_name_or_path=first.get("base_model_name_or_path"),
-        layers_to_transform=first.get("layers_to_transform"),
-        layers_pattern=first.get("layers_pattern"),
-        inference_mode=True,
-    )
-    return config.to_dict()
+    return {
+        "peft_type": "LORA",
+        "task_type": first.get("task_type"),
+        "base_model_name_or_path": first.get("base_model_name_or_path"),
+        "r": rank,
+        "lora_alpha": rank,
+        "target_modules": sorted(targets) if isinstance(targets, (list, set, tuple)) else targets,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_rslora": False,
+        "use_dora": False,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": bool(first.get("fan_in_fan_out", False)),
+        "layers_to_transform": first.get("layers_to_transform"),
+        "layers_pattern": first.get("layers_pattern"),
+        "modules_to_save": None,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
 
 
 def write_adapter(output, adapters, merged: dict, report, dtype: torch.dtype, overwrite: bool) -> Path:
