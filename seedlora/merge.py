@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -153,10 +152,10 @@ def exact_rank(adapters: Sequence[LoraAdapter], module: str, method: MergeMethod
 def compress(result, module: str, rank: int, exact: int, seed: int):
     """Bring a module result to at most `rank` (QR+SVD on factors, SVD on dense), reporting the loss."""
     if isinstance(result, LowRank):
-        if rank >= result.rank:  # nothing to cut: exact, and the norm only weights the report
-            return result, ModuleResult(module, exact, result.rank, 1.0, 0.0, lowrank.approx_frobenius_sq(result))
-        norm_sq = lowrank.frobenius_sq(result)
-        kept, energy = lowrank.truncate(result, rank)
+        norm_sq = lowrank.approx_frobenius_sq(result)  # only weights the overall figures
+        if rank >= result.rank:  # nothing to cut: exact
+            return result, ModuleResult(module, exact, result.rank, 1.0, 0.0, norm_sq)
+        kept, energy = lowrank.truncate(result, rank)  # energy from the core's exact SVD
         error = max(0.0, 1.0 - energy) ** 0.5
     else:
         norm_sq = float(torch.linalg.vector_norm(result.double()) ** 2)

@@ -7,7 +7,7 @@ factors), added to the model under a new name that `set_adapter` can activate.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 

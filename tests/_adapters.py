@@ -76,3 +76,14 @@ def peft_deltas(adapter_folder, base_seed: int = 0, base_config: dict | None = N
         if isinstance(layer, LoraLayer) and "default" in layer.lora_A:
             deltas[name.removeprefix("base_model.model.")] = layer.get_delta_weight("default").detach().float()
     return deltas
+
+
+def read_model_tensors(folder) -> dict:
+    """Every tensor of a model folder, read with the safetensors library."""
+    from safetensors import safe_open
+
+    tensors = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
+    return tensors

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+
+from _adapters import read_model_tensors
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -91,12 +92,6 @@ def setup(tmp_path_factory):
     return base, checkpoints, state, tuned
 
 
-def read_all(folder: Path) -> dict:
-    tensors = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
-    return tensors
 
 
 def dense_reference(method: str, state: dict, tuned: list, params: dict, seed: int) -> dict:
@@ -128,7 +123,7 @@ def test_fixture_is_sharded_and_sparse(setup):
 def test_every_method_equals_dense_reference(setup, tmp_path, method):
     base, checkpoints, state, tuned = setup
     merge_checkpoints(checkpoints, base, tmp_path / "out", method=method, seed=11)
-    out = read_all(tmp_path / "out")
+    out = read_model_tensors(tmp_path / "out")
     expected = dense_reference(method, state, tuned, {}, 11)
     assert out.keys() == expected.keys()
     for name in expected:
@@ -140,7 +135,7 @@ def test_every_method_equals_dense_reference(setup, tmp_path, method):
 def test_linear_is_the_average_of_checkpoints(setup, tmp_path):
     base, checkpoints, state, tuned = setup
     merge_checkpoints(checkpoints, base, tmp_path / "out", method="linear")
-    out = read_all(tmp_path / "out")
+    out = read_model_tensors(tmp_path / "out")
     for name in state:
         if state[name].is_floating_point():
             mean = sum(t[name].double() for t in tuned) / 3  # θ_pre + mean(θ_i − θ_pre) = mean θ_i
@@ -153,7 +148,7 @@ def test_selection_resampling_matches_reference_and_reduces_unchanged(setup, tmp
     for rounds in (0, 1, 2):
         report = merge_checkpoints(checkpoints, base, tmp_path / f"r{rounds}", method="selection",
                                    params={"resample": rounds}, seed=4)
-        out = read_all(tmp_path / f"r{rounds}")
+        out = read_model_tensors(tmp_path / f"r{rounds}")
         expected = dense_reference("selection", state, tuned, {"resample": rounds}, 4)
         assert all(torch.equal(out[k], expected[k]) for k in expected)
         floats = [k for k in state if state[k].is_floating_point()]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from _adapters import read_model_tensors
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import merge_utils
 from safetensors import safe_open
@@ -71,13 +73,6 @@ def setup(tmp_path_factory):
     return base, adapters
 
 
-def read_all(folder: Path) -> dict:
-    """Every tensor of a model folder, read with the safetensors library."""
-    tensors = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
-    return tensors
 
 
 def adapter_updates(folder: Path) -> dict:
@@ -133,7 +128,7 @@ def test_fused_weights_are_base_plus_merged_update(setup, tmp_path, method):
     base, adapter_dirs = setup
     params = REFERENCES.get(method, (None, {}))[1]
     report = fuse_adapters(adapter_dirs, base, tmp_path / "out", method=method, params=params, seed=7)
-    fused, original = read_all(tmp_path / "out"), read_all(base)
+    fused, original = read_model_tensors(tmp_path / "out"), read_model_tensors(base)
     updates = [adapter_updates(a) for a in adapter_dirs]
     adapters = open_adapters(adapter_dirs)
     entry, resolved, weights = resolve_method(method, params, None, len(adapters))
@@ -187,7 +182,7 @@ def test_shard_size_reshards_with_identical_tensors(setup, tmp_path):
     files = sorted((tmp_path / "small").glob("*.safetensors"))
     assert len(files) > len(list((tmp_path / "same").glob("*.safetensors")))
     assert all(f.stat().st_size < 20_000 + 4_000 or len(safe_open(str(f), "pt").keys()) == 1 for f in files)
-    same, small = read_all(tmp_path / "same"), read_all(tmp_path / "small")
+    same, small = read_model_tensors(tmp_path / "same"), read_model_tensors(tmp_path / "small")
     assert same.keys() == small.keys() and all(torch.equal(same[k], small[k]) for k in same)
 
 
@@ -210,7 +205,7 @@ def test_bfloat16_base_is_cast_back(tmp_path, setup):
     _, adapter_dirs = setup
     base = save_tiny_base(tmp_path / "base16", dtype=torch.bfloat16)
     fuse_adapters(adapter_dirs, base, tmp_path / "out", method="dare_linear", seed=3)
-    fused, original = read_all(tmp_path / "out"), read_all(base)
+    fused, original = read_model_tensors(tmp_path / "out"), read_model_tensors(base)
     adapters = open_adapters(adapter_dirs)
     entry, resolved, weights = resolve_method("dare_linear", None, None, 3)
     tau = merge_module(adapters, "model.layers.1.mlp.down_proj", entry, weights, resolved, 3, dense=True)
