@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import re
 import struct
 from dataclasses import dataclass
@@ -71,6 +72,11 @@ def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
 
 def read_safetensors_header(path: Path) -> dict:
     """The JSON header of a safetensors file (names, dtypes, shapes), without reading data."""
+    return _read_header(path)[0]
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """(header without metadata, byte where the data starts: the origin of data_offsets)."""
     try:
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
@@ -86,7 +92,25 @@ def read_safetensors_header(path: Path) -> dict:
     end = max((v["data_offsets"][1] for v in header.values()), default=0)
     if 8 + length + end > size:
         raise AdapterFormatError(f"{path}: file is truncated (header promises {end} data bytes); re-copy it")
-    return header
+    return header, 8 + length
+
+
+def _tensor_layout(path: Path) -> dict:
+    """key -> (torch dtype, shape, absolute byte offset), after checking every entry is readable."""
+    header, data_start = _read_header(path)
+    layout = {}
+    for key, entry in header.items():
+        name = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        if name is None:
+            raise AdapterFormatError(
+                f"{path}: tensor {key} is stored as {entry.get('dtype')}; LoRA factors must be float32/float16/bfloat16/float64"
+            )
+        dtype, shape = getattr(torch, name), tuple(entry["shape"])
+        start, end = entry["data_offsets"]
+        if end - start != math.prod(shape) * dtype.itemsize:
+            raise AdapterFormatError(f"{path}: tensor {key} has {end - start} bytes for shape {list(shape)}; the file is corrupt, re-save it")
+        layout[key] = (dtype, shape, data_start + start)
+    return layout
 
 
 class LoraAdapter:
@@ -98,7 +122,8 @@ class LoraAdapter:
         self.weights_file = weights_file
         self.dtypes = dtypes
         self._bin_state: Optional[dict] = None
-        self._handle = None
+        self._layout: dict = {}  # safetensors: key -> (dtype, shape, byte offset)
+        self._bytes: Optional[torch.Tensor] = None  # the weights file, memory-mapped, as uint8
         self.modules = self._resolve_modules(shapes)
 
     # ---- opening and validation (headers only) ----
@@ -111,10 +136,11 @@ class LoraAdapter:
         _reject_unsupported_config(path, config)
         weights_file = path / SAFETENSORS_NAME
         if weights_file.is_file():
-            header = read_safetensors_header(weights_file)
-            shapes = {k: tuple(v["shape"]) for k, v in header.items()}
-            dtypes = {_SAFETENSORS_DTYPES.get(v["dtype"], v["dtype"]) for v in header.values()}
+            layout = _tensor_layout(weights_file)
+            shapes = {k: shape for k, (_, shape, _) in layout.items()}
+            dtypes = {str(dtype).removeprefix("torch.") for dtype, _, _ in layout.values()}
             adapter = cls(path, config, weights_file, shapes, dtypes)
+            adapter._layout = layout
         elif (path / BIN_NAME).is_file():
             state = _load_bin(path / BIN_NAME)
             shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -171,29 +197,34 @@ class LoraAdapter:
 
     # ---- data access (one module at a time) ----
     def _tensor(self, key: str) -> torch.Tensor:
+        """The stored tensor; for safetensors a read-only view of the memory-mapped file (no copy)."""
         if self._bin_state is not None:
             return self._bin_state[key]
-        try:
-            if self._handle is None:  # one memory-mapped handle, opened on first use
-                from safetensors import safe_open
-
-                self._handle = safe_open(str(self.weights_file), framework="pt")
-            return self._handle.get_tensor(key)
-        except Exception as exc:  # safetensors raises its own error types
-            raise AdapterFormatError(f"{self.weights_file}: cannot read tensor {key} ({exc}); re-copy the file") from None
+        dtype, shape, offset = self._layout[key]
+        if self._bytes is None:  # one copy-on-write mapping, made on first use, never written
+            try:
+                with open(self.weights_file, "rb") as handle:
+                    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError) as exc:
+                raise AdapterFormatError(f"{self.weights_file}: cannot read ({exc}); re-copy the file") from None
+            self._bytes = torch.frombuffer(mapped, dtype=torch.uint8)
+        raw = self._bytes[offset : offset + math.prod(shape) * dtype.itemsize]
+        if offset % dtype.itemsize:  # unaligned in the file: a copy is the only way to reinterpret it
+            raw = raw.clone()
+        return raw.view(dtype).view(shape)
 
     def factors(self, name: str) -> LowRank:
-        """Module `name`'s update as float32 factors, scale folded into B."""
+        """Module `name`'s update as float32 factors, scale folded into B (B is a new tensor)."""
         module = self.modules[name]
-        A = self._tensor(module.a_key).to(torch.float32)
-        B = self._tensor(module.b_key).to(torch.float32)
+        A = self._tensor(module.a_key).to(torch.float32)  # float32 on disk: a view, no copy
+        B = self._tensor(module.b_key).to(torch.float32) * module.scale
         for label, tensor in (("lora_A", A), ("lora_B", B)):
             # a finite sum proves every entry finite; only a non-finite sum needs the full check
-            if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+            if not math.isfinite(float(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
                 raise AdapterFormatError(
                     f"{self.weights_file}: module {name} {label} contains NaN or Inf; this adapter is broken, retrain or drop it"
                 )
-        return LowRank(B=B * module.scale, A=A)
+        return LowRank(B=B, A=A)
 
     @property
     def base_model(self) -> Optional[str]:
@@ -211,10 +242,11 @@ class LoraAdapter:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    digest, buffer = hashlib.sha256(), bytearray(1 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])  # hashlib releases the GIL here: hashing can run beside a merge
     return digest.hexdigest()
 
 

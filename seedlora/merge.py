@@ -9,6 +9,7 @@ optionally compressed, and handed to the adapter writer.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
@@ -21,6 +22,7 @@ from .lowrank import LowRank
 from .methods import get_method
 from .methods.base import MergeMethod
 from .output import check_output_free
+from .provenance import input_facts
 from .rng import module_generator
 
 
@@ -33,7 +35,7 @@ class ModuleResult:
     rank: int  # rank written
     energy_kept: float  # ‖τ_N‖² / ‖τ‖² (1.0 when nothing was cut)
     relative_error: float  # ‖τ − τ_N‖ / ‖τ‖
-    norm_sq: float  # ‖τ‖², to weight the overall figures
+    norm_sq: Optional[float]  # ‖τ‖², to weight the overall figures (None: the merge cut nothing)
 
 
 @dataclass
@@ -51,13 +53,13 @@ class MergeReport:
 
     @property
     def energy_kept(self) -> float:
-        total = sum(m.norm_sq for m in self.modules)
-        return 1.0 if total == 0 else sum(m.energy_kept * m.norm_sq for m in self.modules) / total
+        total = sum(m.norm_sq or 0.0 for m in self.modules)
+        return 1.0 if total == 0 else sum(m.energy_kept * (m.norm_sq or 0.0) for m in self.modules) / total
 
     @property
     def relative_error(self) -> float:
-        total = sum(m.norm_sq for m in self.modules)
-        lost = sum((m.relative_error**2) * m.norm_sq for m in self.modules)
+        total = sum(m.norm_sq or 0.0 for m in self.modules)
+        lost = sum((m.relative_error**2) * (m.norm_sq or 0.0) for m in self.modules)
         return 0.0 if total == 0 else (lost / total) ** 0.5
 
     @property
@@ -149,13 +151,19 @@ def exact_rank(adapters: Sequence[LoraAdapter], module: str, method: MergeMethod
     return min(adapters[0].modules[module].shape)
 
 
-def compress(result, module: str, rank: int, exact: int, seed: int):
-    """Bring a module result to at most `rank` (QR+SVD on factors, SVD on dense), reporting the loss."""
+def compress(result, module: str, rank: int, exact: int, seed: int, weigh: bool = True):
+    """Bring a module result to at most `rank` (QR+SVD on factors, SVD on dense), reporting the loss.
+
+    `weigh` records ‖τ‖², the module's weight in the overall figures; a merge that cuts
+    nothing anywhere skips it (every module keeps all its energy, so weights change nothing).
+    """
     if isinstance(result, LowRank):
-        norm_sq = lowrank.approx_frobenius_sq(result)  # only weights the overall figures
         if rank >= result.rank:  # nothing to cut: exact
+            norm_sq = lowrank.grams(result, exact=False).frobenius_sq() if weigh else None
             return result, ModuleResult(module, exact, result.rank, 1.0, 0.0, norm_sq)
-        kept, energy = lowrank.truncate(result, rank)  # energy from the core's exact SVD
+        g = lowrank.grams(result, exact=False)  # one pass serves the norm (a weight) and the truncation
+        kept, energy = lowrank.truncate(result, rank, g)  # energy from the core's exact SVD
+        norm_sq = g.frobenius_sq()
         error = max(0.0, 1.0 - energy) ** 0.5
     else:
         norm_sq = float(torch.linalg.vector_norm(result.double()) ** 2)
@@ -164,6 +172,19 @@ def compress(result, module: str, rank: int, exact: int, seed: int):
     if rank >= exact:  # nothing was cut: report exactly lossless, not rounding noise
         energy, error = 1.0, 0.0
     return kept, ModuleResult(module, exact, kept.rank, energy, error, norm_sq)
+
+
+def merge_all(sources, names, method: MergeMethod, weights, params: dict, rank: int, seed: int, progress=False):
+    """Every module merged, compressed and padded to `rank`: ({module: LowRank}, [ModuleResult])."""
+    exact = {name: exact_rank(sources, name, method) for name in names}
+    cuts = any(exact[name] > rank for name in names)
+    merged, results = {}, []
+    for name in _progress(names, progress, f"merging ({method.name})"):
+        result = merge_module(sources, name, method, weights, params, seed)
+        factors, info = compress(result, name, rank, exact[name], seed, weigh=cuts)
+        merged[name] = lowrank.pad_rank(factors, rank)
+        results.append(info)
+    return merged, results
 
 
 # ---------------------------------------------------------------- whole merge
@@ -199,14 +220,12 @@ def merge_adapters(
     check_output_free(output, overwrite)
 
     report = MergeReport(entry.name, resolved, [float(w) for w in weight_tensor], int(seed), target_rank, str(output))
-    merged = {}
-    for name in _progress(names, progress, f"merging ({entry.name})"):
-        result = merge_module(opened, name, entry, weight_tensor, resolved, seed)
-        factors, info = compress(result, name, target_rank, exact_rank(opened, name, entry), seed)
-        merged[name] = lowrank.pad_rank(factors, target_rank)
-        report.modules.append(info)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedlora-provenance") as background:
+        facts = background.submit(input_facts, opened)  # hash the inputs while merging
+        merged, report.modules = merge_all(opened, names, entry, weight_tensor, resolved, target_rank, seed, progress)
+        facts = facts.result()
     report.seconds = time.perf_counter() - started
-    write_adapter(output, opened, merged, report, out_dtype, overwrite)
+    write_adapter(output, opened, merged, report, out_dtype, overwrite, facts)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -11,11 +11,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import lowrank
 from .adapter import LoraModule
 from .errors import IncompatibleInputsError, UnsupportedFeatureError
 from .lowrank import LowRank
-from .merge import MergeReport, _target_rank, compress, exact_rank, merge_module, resolve_method, validate_compatible
+from .merge import MergeReport, _target_rank, merge_all, resolve_method, validate_compatible
 
 _PREFIX = "base_model.model."
 
@@ -84,12 +83,7 @@ def merge_peft_adapters(
     entry, resolved, weight_tensor = resolve_method(method, params, weights, len(sources))
     target_rank = _target_rank(sources, names, entry, rank, vllm=False)
     report = MergeReport(entry.name, resolved, [float(w) for w in weight_tensor], int(seed), target_rank, new_adapter_name)
-    merged = {}
-    for name in names:
-        result = merge_module(sources, name, entry, weight_tensor, resolved, seed)
-        factors, info = compress(result, name, target_rank, exact_rank(sources, name, entry), seed)
-        merged[name] = lowrank.pad_rank(factors, target_rank)
-        report.modules.append(info)
+    merged, report.modules = merge_all(sources, names, entry, weight_tensor, resolved, target_rank, seed)
     config = LoraConfig(
         r=target_rank, lora_alpha=target_rank, target_modules=names, lora_dropout=0.0,
         fan_in_fan_out=bool(sources[0].config.get("fan_in_fan_out", False)), use_rslora=False,

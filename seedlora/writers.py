@@ -65,15 +65,15 @@ def merged_adapter_config(adapters: Sequence[LoraAdapter], modules: Sequence[str
     }
 
 
-def write_adapter(output, adapters, merged: dict, report, dtype: torch.dtype, overwrite: bool) -> Path:
-    """Write the whole output folder atomically; returns its path."""
+def write_adapter(output, adapters, merged: dict, report, dtype: torch.dtype, overwrite: bool, facts=None) -> Path:
+    """Write the whole output folder atomically; returns its path (`facts`: provenance.input_facts)."""
     config = merged_adapter_config(adapters, list(merged), report.rank)
     state = adapter_state_dict(merged, dtype)
     with staged_output(output, overwrite) as staging:
         _write_json(staging / CONFIG_NAME, config)
         save_file(state, str(staging / SAFETENSORS_NAME), metadata={"format": "pt"})
         _write_json(staging / REPORT_NAME, report.to_dict())
-        _write_json(staging / PROVENANCE_NAME, provenance_record(adapters, report))
+        _write_json(staging / PROVENANCE_NAME, provenance_record(adapters, report, facts=facts))
         (staging / "README.md").write_text(model_card(adapters, report))
     return Path(output)
 

@@ -132,3 +132,44 @@ def _edit_config(folder, **changes):
 def _truncate(path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
+
+
+def _write_raw_safetensors(path, tensors):
+    """A safetensors file laid out exactly in the given order (no alignment of the data)."""
+    header, blobs, offset = {}, [], 0
+    for key, tensor in tensors:
+        data = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+        code = {torch.float32: "F32", torch.float16: "F16"}[tensor.dtype]
+        header[key] = {"dtype": code, "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + b"".join(blobs))
+
+
+def test_tensors_at_unaligned_offsets_are_read_correctly(tmp_path):
+    """A float32 tensor stored 6 bytes into the data (after 3 float16s) cannot be viewed in place."""
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1, "lora_alpha": 2, "target_modules": ["lin"]}))
+    A, B = torch.tensor([[1.5, -2.0, 0.25]], dtype=torch.float16), torch.tensor([[1.0], [2.0], [-3.0], [4.0], [0.5]])
+    _write_raw_safetensors(folder / "adapter_model.safetensors",
+                           [("base_model.model.lin.lora_A.weight", A), ("base_model.model.lin.lora_B.weight", B)])
+    factors = LoraAdapter.open(folder).factors("lin")
+    torch.testing.assert_close(factors.dense(), 2.0 * B @ A.float(), rtol=0, atol=0)
+
+
+def test_tensor_whose_byte_range_does_not_match_its_shape_is_refused(tmp_path):
+    folder = make_adapter(tmp_path / "a")
+    path = folder / "adapter_model.safetensors"
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    key = next(k for k in header if k != "__metadata__")
+    header[key]["shape"] = [header[key]["shape"][0] + 1, header[key]["shape"][1]]
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + raw[8 + length :])
+    with pytest.raises(AdapterFormatError, match=f"{key}.*bytes for shape.*corrupt"):
+        LoraAdapter.open(folder)

@@ -13,6 +13,7 @@ from seedlora.lowrank import (
     concat,
     entry_sum,
     frobenius_sq,
+    grams,
     inner,
     mean_std,
     pad_rank,
@@ -121,3 +122,51 @@ def test_truncate_dense_randomized_branch_is_near_optimal_and_seeded():
     assert rel_err == pytest.approx(direct, rel=1e-3)
     again, again_err = truncate_dense(delta, true_rank, torch.Generator().manual_seed(1))
     assert torch.equal(again.B, factors.B) and torch.equal(again.A, factors.A) and again_err == rel_err
+
+
+def test_fast_grams_agree_with_exact_ones_to_float32_precision():
+    x = random_lowrank(3000, 500, 12, seed=11, offset=0.2)
+    exact, fast = grams(x, sums=True), grams(x, sums=True, exact=False)
+    assert exact.exact and not fast.exact
+    dense = dense64(x)
+    assert exact.frobenius_sq() == pytest.approx(float(dense.square().sum()), rel=1e-12)
+    assert exact.entry_sum() == pytest.approx(float(dense.sum()), rel=1e-12)
+    for a, b in [(fast.gram_b, exact.gram_b), (fast.gram_a, exact.gram_a)]:
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-6
+
+
+def nearly_collinear(out, inp, rank, tilt, seed):
+    """Factors whose columns (of B) and rows (of A) are nearly parallel: cond grows like 1/tilt."""
+    g = torch.Generator().manual_seed(seed)
+    base_b, base_a = torch.randn(out, 1, generator=g), torch.randn(1, inp, generator=g)
+    B = base_b + tilt * torch.randn(out, rank, generator=g)
+    A = base_a + tilt * torch.randn(rank, inp, generator=g)
+    return LowRank(B=B, A=A)
+
+
+@pytest.mark.parametrize("tilt, path", [(1.0, "fast Grams"), (1e-2, "exact Grams"), (1e-6, "QR")])
+def test_truncate_is_optimal_on_every_conditioning_path(tilt, path, monkeypatch):
+    """Well-conditioned factors use fast Grams, ill-conditioned exact ones, near-singular QR:
+    whichever path runs, the error is the SVD's tail (Eckart–Young)."""
+    import seedlora.lowrank as lowrank_module
+
+    calls = []
+    monkeypatch.setattr(lowrank_module, "_truncate_qr", lambda *a, _f=lowrank_module._truncate_qr: calls.append("QR") or _f(*a))
+    real_grams = lowrank_module.grams
+    monkeypatch.setattr(lowrank_module, "grams", lambda x, sums=False, exact=True: calls.append("exact" if exact else "fast") or real_grams(x, sums, exact))
+    x = nearly_collinear(300, 200, 8, tilt, seed=12)
+    result, energy = truncate(x, 3)
+    expected_calls = {"fast Grams": ["fast"], "exact Grams": ["fast", "exact"], "QR": ["fast", "exact", "QR"]}[path]
+    assert calls == expected_calls
+    s = torch.linalg.svdvals(dense64(x))
+    err = float((dense64(x) - dense64(result)).square().sum())
+    assert err == pytest.approx(float(s[3:].square().sum()), rel=1e-4, abs=1e-9 * float(s.square().sum()))
+    assert energy == pytest.approx(float(s[:3].square().sum() / s.square().sum()), rel=1e-6)
+
+
+def test_truncate_of_duplicated_terms_takes_the_qr_path_and_stays_optimal():
+    x = random_lowrank(50, 40, 4, seed=13)
+    doubled = concat([x, x], [0.5, 0.5])  # rank-8 factors of a rank-4 update: singular Grams
+    result, energy = truncate(doubled, 4)
+    assert energy == pytest.approx(1.0, abs=1e-9)
+    torch.testing.assert_close(dense64(result), dense64(x), rtol=1e-4, atol=1e-5)

@@ -164,6 +164,27 @@ def test_seedlora_scales_independent_updates_by_about_sqrt_k():
     assert a == pytest.approx(2.0, rel=0.15)
 
 
+def test_seedlora_with_a_mean_far_above_the_spread_still_equals_the_formula(weights, monkeypatch):
+    """E[x²] ≫ σ² cancels digits in σ² = E[x²] − μ²: the statistics are then recomputed from
+    exact float64 Grams, and the result still matches the float64 dense formula."""
+    import seedlora.methods.seedlora_avg as seedlora_avg
+
+    g = torch.Generator().manual_seed(3)
+    # each update is 100·1·1ᵀ (through a shared rank-1 term) plus a small random part
+    terms = [LowRank(B=torch.cat([torch.full((OUT, 1), 100.0), 0.01 * torch.randn(OUT, r - 1, generator=g)], 1),
+                     A=torch.cat([torch.ones(1, IN), torch.randn(r - 1, IN, generator=g)], 0)) for r in RANKS]
+    exact_calls = []
+    real_grams = seedlora_avg.grams
+    monkeypatch.setattr(seedlora_avg, "grams", lambda x, exact=True: exact_calls.append(exact) or real_grams(x, exact=exact))
+    factors = get_method("seedlora").merge_factors(terms, weights, {})
+    assert exact_calls == [False, True]
+    expected, _, sigma_hat = seedlora_reference([t.B.double() @ t.A.double() for t in terms], weights)
+    torch.testing.assert_close(factors.dense().double(), expected, rtol=1e-5, atol=1e-5)
+    # the spread is matched to 1e-6 (float32-product Grams alone are off by ~3e-6 here)
+    merged64 = factors.B.double() @ factors.A.double()
+    assert float(merged64.std(unbiased=False)) == pytest.approx(float(sigma_hat), rel=1e-6)
+
+
 def test_seedlora_zero_spread_gives_a_zero_update(terms):
     zero_terms = [LowRank(B=torch.zeros_like(t.B), A=t.A) for t in terms]
     ones = torch.ones(3, dtype=torch.float64)

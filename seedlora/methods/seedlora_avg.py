@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from ..lowrank import LowRank, concat, frobenius_sq, mean_std
+from ..lowrank import LowRank, concat, grams
 from .base import MergeMethod
 
 # σ(τ_avg)² at or below this fraction of its mean square counts as zero: the entries are
@@ -59,21 +60,56 @@ def merge_deltas(
 
 
 def merge_factors(terms: list[LowRank], weights: torch.Tensor, params: dict) -> LowRank:
-    """τ_m exactly as a rank Σ r_i + 1 LowRank, no out x in matrix formed."""
-    k = len(terms)
-    stats = [mean_std(t) for t in terms]
-    ref_mean = sum(s[0] for s in stats) / k
-    ref_std = sum(s[1] for s in stats) / k
-    avg = concat(terms, [w / k for w in weights.tolist()])  # B_avg, A_avg
-    out, inp = avg.shape
-    avg_mean, avg_std = mean_std(avg)
-    mapping = affine_map(ref_mean, ref_std, avg_mean, avg_std**2, frobenius_sq(avg) / (out * inp))
+    """τ_m exactly as a rank Σ r_i + 1 LowRank, no out x in matrix formed.
+
+    All statistics come from one pair of Grams of the concatenated factors [B_1 … B_K 1],
+    [A_1; …; A_K; 1ᵀ]: the ones column/row makes them carry 1ᵀB and A1 too. Input i's
+    statistics come from its diagonal block, τ_avg's from the weights on the columns. Fast
+    (float32-product) Grams are used unless a variance E[x²] − μ² cancels enough digits for
+    their rounding to show; then the Grams are recomputed exactly in float64.
+    """
+    k, ranks = len(terms), [t.rank for t in terms]
+    total = sum(ranks)
+    out, inp = terms[0].shape
+    joined = concat(terms, [1.0] * k, rank=total + 1)  # last column/row: ones now, c·1·1ᵀ at the end
+    joined.B[:, total] = 1.0
+    joined.A[total] = 1.0
+    coeffs = np.repeat(weights.double().numpy() / k, ranks)  # τ_avg = B diag(coeffs) A
+    stats = _statistics(grams(joined, exact=False), ranks, coeffs, out * inp)
+    if stats[-1] > CANCELLATION_LIMIT:
+        stats = _statistics(grams(joined), ranks, coeffs, out * inp)
+    mapping = affine_map(*stats[:-1])
     if mapping is None:
-        return LowRank(B=avg.B.new_zeros(out, avg.rank + 1), A=avg.A.new_zeros(avg.rank + 1, inp))
+        return LowRank(B=joined.B.zero_(), A=joined.A.zero_())
     a, c = mapping
-    B = torch.cat([avg.B * a, avg.B.new_full((out, 1), c)], dim=1)  # out x (Σr+1)
-    A = torch.cat([avg.A, avg.A.new_ones(1, inp)], dim=0)  # (Σr+1) x in
-    return LowRank(B=B, A=A)
+    joined.B[:, :total].mul_(torch.from_numpy(coeffs * a).float())  # a·B_avg
+    joined.B[:, total] = c
+    return joined
+
+
+# E[x²]/σ² above this: float32-product Grams (relative error ~1e-7) could move σ² by ~1e-4.
+CANCELLATION_LIMIT = 1e3
+
+
+def _statistics(g, ranks: list, coeffs: np.ndarray, n: int) -> tuple:
+    """(μ̂, σ̂, μ(τ_avg), σ²(τ_avg), E[τ_avg²], worst E[x²]/σ²) from Grams of [B 1], [A; 1ᵀ].
+
+    The (Σr+1)² arithmetic runs in numpy, where it costs microseconds.
+    """
+    total = sum(ranks)
+    gram_b, gram_a = g.gram_b.numpy(), g.gram_a.numpy()
+    hadamard = gram_b[:total, :total] * gram_a[:total, :total]  # ⟨b_j a_jᵀ, b_l a_lᵀ⟩ for columns j, l
+    sums = gram_b[total, :total] * gram_a[total, :total]  # entry sum of each column's b_j a_jᵀ
+    bounds = np.cumsum([0] + list(ranks))
+    inputs = [(float(sums[i:j].sum()) / n, float(hadamard[i:j, i:j].sum()) / n) for i, j in zip(bounds, bounds[1:])]
+    average = (float(sums @ coeffs) / n, float(coeffs @ hadamard @ coeffs) / n)
+    variances = [max(meansq - mean * mean, 0.0) for mean, meansq in inputs + [average]]
+    worst = max((meansq / var if var > 0 else math.inf) if meansq > 0 else 1.0
+                for (_, meansq), var in zip(inputs + [average], variances))
+    k = len(ranks)
+    ref_mean = sum(mean for mean, _ in inputs) / k
+    ref_std = sum(math.sqrt(var) for var in variances[:-1]) / k
+    return ref_mean, ref_std, average[0], variances[-1], average[1], worst
 
 
 METHOD = MergeMethod(
