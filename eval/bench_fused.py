@@ -12,8 +12,9 @@ wall time and peak resident memory (VmHWM of that process, imports included) are
 
 Throughput is the base's weight bytes over wall time, measured twice per run: when the route
 returns (output written to the page cache) and after fsync of its output files (on disk).
-Dirty pages are synced before each run starts. Prints a table with ratios and the
-issue's targets; files go under --workdir (default: a fresh folder in /tmp), deleted at the end.
+Dirty pages are synced before each run starts. Routes run in interleaved rounds (copy, seedlora,
+peft, copy, …), so a noisy machine's drift hits all alike; the best run of each counts, every
+run's time is printed too. Prints a table with ratios and the issue's targets; files go under --workdir (default: a fresh folder in /tmp), deleted at the end.
 
     python eval/bench_fused.py --params 1B          # the README's table
     python eval/bench_fused.py --params 10M --shard-size 8MB   # smoke run (tests)
@@ -229,14 +230,19 @@ def compare_outputs(work: Path, names: list) -> dict:
     return {"tensors": names, "identical_share": equal / total, "max_abs_diff": worst}
 
 
-def measure(route: str, args, work: Path) -> dict:
-    """Best (shortest) of --repeat runs of `route`, each in a fresh process after a sync."""
-    runs = []
+def measure_all(args, work: Path) -> dict:
+    """Best (shortest) of --repeat runs of every route, rounds interleaved (copy, seedlora, peft,
+    copy, …) so that a machine's drift hits all routes alike; each run in a fresh process after a sync."""
+    runs = {route: [] for route in ROUTES}
     for _ in range(args.repeat):
-        shutil.rmtree(work / f"out-{route}", ignore_errors=True)
-        os.sync()  # earlier writes (the base, other routes) are flushed before the clock starts
-        runs.append(run_route(route, args, work))
-    return min(runs, key=lambda r: r["seconds"])
+        for route in ROUTES:
+            shutil.rmtree(work / f"out-{route}", ignore_errors=True)
+            os.sync()  # earlier writes (the base, other routes) are flushed before the clock starts
+            runs[route].append(run_route(route, args, work))
+            if route == "copy":
+                shutil.rmtree(work / "out-copy")
+    return {route: {**min(found, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in found]}
+            for route, found in runs.items()}
 
 
 def run_route(route: str, args, work: Path) -> dict:
@@ -262,6 +268,8 @@ def table(results: dict, weight_bytes: int, largest: int) -> str:
             cells += f"{r[key]:>8.2f}{weight_bytes / r[key] / 1e9:>7.2f}{copy[key] / r[key]:>8.2f}x{'':>6}"
         lines.append(f"{route:<10}{cells}{r['cpu_seconds']:>7.2f}{r['peak_rss'] / gib:>13.2f}{r['import_rss'] / gib:>14.2f}"
                      f"{r['peak_rss'] / ours['peak_rss']:>11.2f}x")
+    lines.append("every run (wall s, page cache): " + "; ".join(
+        f"{route} " + " ".join(f"{t:.2f}" for t in r["all_seconds"]) for route, r in results.items()))
     lines.append(f"largest shard {largest / gib:.2f} GiB; weights {weight_bytes / 1e9:.2f} GB")
     return "\n".join(lines)
 
@@ -287,11 +295,7 @@ def benchmark(args, work: Path) -> dict:
     print(f"model: {params / 1e9:.3f}B parameters, bf16, {len(list((work / 'base').glob('*.safetensors')))} shards; "
           f"K={args.k} rank-{args.rank} adapters; method {args.method}; {args.threads} torch thread(s); "
           f"best of {args.repeat}", flush=True)
-    results = {}
-    for route in ROUTES:
-        results[route] = measure(route, args, work)
-        if route == "copy":
-            shutil.rmtree(work / "out-copy")
+    results = measure_all(args, work)
     down = [name for name, _ in shapes if name.endswith("down_proj.weight")]
     agreement = compare_outputs(work, [shapes[1][0], down[-1]])
     report = {"params": params, "weight_bytes": weight_bytes, "largest_shard": largest, "k": args.k,
