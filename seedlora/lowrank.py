@@ -62,7 +62,10 @@ def concat(terms: Sequence[LowRank], coeffs: Sequence[float], rank: Optional[int
     start = 0
     for term, coeff in zip(terms, coeffs):
         stop = start + term.rank
-        torch.mul(term.B, float(coeff), out=B[:, start:stop])
+        if float(coeff) == 1.0:
+            B[:, start:stop].copy_(term.B)
+        else:
+            torch.mul(term.B, float(coeff), out=B[:, start:stop])
         A[start:stop].copy_(term.A)
         start = stop
     B[:, total:].zero_()
