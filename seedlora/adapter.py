@@ -3,7 +3,8 @@
 `LoraAdapter.open(folder)` parses `adapter_config.json` and the weights file's header (shapes
 and dtypes, no tensor data), validates everything it can, and resolves each module's rank,
 alpha and scale (lora_alpha, use_rslora, rank_pattern, alpha_pattern). `factors(module)` then
-loads just that module's A and B as float32 with the scale folded into B.
+loads just that module's A and B as float32 with the scale folded into B (the file is memory-mapped:
+a float32 A is a view of it, nothing is read twice).
 """
 
 from __future__ import annotations

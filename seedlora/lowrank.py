@@ -2,7 +2,9 @@
 
 A low-rank update is X = B @ A with B (out x R) and A (R x in). The identities used
 (see methods.md): sum of entries = (1ᵀB)(A1); ‖X‖² = tr((BᵀB)(AAᵀ));
-⟨B₁A₁, B₂A₂⟩ = tr((B₁ᵀB₂)(A₂A₁ᵀ)); best rank-N = QR of B and Aᵀ + SVD of the R x R core.
+⟨B₁A₁, B₂A₂⟩ = tr((B₁ᵀB₂)(A₂A₁ᵀ)); best rank-N = SVD of the R x R core R_B R_Aᵀ, where
+B = Q_B R_B and Aᵀ = Q_A R_A (R from a Cholesky of the Gram, or QR). Everything but the final
+thin products works on R x R Grams, so a merge costs about one pass over the factors.
 The one exception is truncate_dense, which factors an already dense delta (dense methods' output).
 """
 

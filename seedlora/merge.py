@@ -152,7 +152,7 @@ def exact_rank(adapters: Sequence[LoraAdapter], module: str, method: MergeMethod
 
 
 def compress(result, module: str, rank: int, exact: int, seed: int, weigh: bool = True):
-    """Bring a module result to at most `rank` (QR+SVD on factors, SVD on dense), reporting the loss.
+    """Bring a module result to at most `rank` (small-core SVD on factors, SVD on dense), reporting the loss.
 
     `weigh` records ‖τ‖², the module's weight in the overall figures; a merge that cuts
     nothing anywhere skips it (every module keeps all its energy, so weights change nothing).
