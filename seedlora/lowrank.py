@@ -224,8 +224,9 @@ def truncate(x: LowRank, rank: int, g: Optional[Grams] = None) -> tuple[LowRank,
     k = min(rank, S.shape[0])
     root = np.sqrt(np.clip(S[:k], 0.0, None))
     # Q_B U √S = B (R_B⁻¹ U √S) and √S Vh Q_Aᵀ = (√S Vh R_A⁻ᵀ) A: one thin product each
-    left = torch.from_numpy(r_b_inv @ (U[:, :k] * root)).float()  # R x k
-    right = torch.from_numpy((Vh[:k] * root[:, None]) @ r_a_inv.T).float()  # k x R
+    on_device = dict(dtype=torch.float32, device=x.B.device)  # the factors may live on a GPU
+    left = torch.from_numpy(r_b_inv @ (U[:, :k] * root)).to(**on_device)  # R x k
+    right = torch.from_numpy((Vh[:k] * root[:, None]) @ r_a_inv.T).to(**on_device)  # k x R
     kept = LowRank(B=x.B.float() @ left, A=right @ x.A.float())
     return pad_rank(kept, rank), kept_energy(torch.from_numpy(S), rank)
 
@@ -233,8 +234,8 @@ def truncate(x: LowRank, rank: int, g: Optional[Grams] = None) -> tuple[LowRank,
 def _cholesky_factors(g: Grams):
     """((R_B, R_B⁻¹), (R_A, R_A⁻¹)) from the Grams, or None if either is not safely usable."""
     limit = CHOLESKY_MAX_COND if g.exact else FAST_GRAM_MAX_COND
-    factor_b = _cholesky_factor(g.gram_b.numpy(), limit)
-    factor_a = _cholesky_factor(g.gram_a.numpy(), limit) if factor_b is not None else None
+    factor_b = _cholesky_factor(g.gram_b.cpu().numpy(), limit)
+    factor_a = _cholesky_factor(g.gram_a.cpu().numpy(), limit) if factor_b is not None else None
     return None if factor_a is None else (factor_b, factor_a)
 
 

@@ -74,7 +74,7 @@ def merge_factors(terms: list[LowRank], weights: torch.Tensor, params: dict) -> 
     joined = concat(terms, [1.0] * k, rank=total + 1)  # last column/row: ones now, c·1·1ᵀ at the end
     joined.B[:, total] = 1.0
     joined.A[total] = 1.0
-    coeffs = np.repeat(weights.double().numpy() / k, ranks)  # τ_avg = B diag(coeffs) A
+    coeffs = np.repeat(weights.detach().double().cpu().numpy() / k, ranks)  # τ_avg = B diag(coeffs) A
     stats = _statistics(grams(joined, exact=False), ranks, coeffs, out * inp)
     if stats[-1] > CANCELLATION_LIMIT:
         stats = _statistics(grams(joined), ranks, coeffs, out * inp)
@@ -82,7 +82,7 @@ def merge_factors(terms: list[LowRank], weights: torch.Tensor, params: dict) -> 
     if mapping is None:
         return LowRank(B=joined.B.zero_(), A=joined.A.zero_())
     a, c = mapping
-    joined.B[:, :total].mul_(torch.from_numpy(coeffs * a).float())  # a·B_avg
+    joined.B[:, :total].mul_(torch.from_numpy(coeffs * a).to(torch.float32).to(joined.B.device))  # a·B_avg
     joined.B[:, total] = c
     return joined
 
@@ -97,7 +97,7 @@ def _statistics(g, ranks: list, coeffs: np.ndarray, n: int) -> tuple:
     The (Σr+1)² arithmetic runs in numpy, where it costs microseconds.
     """
     total = sum(ranks)
-    gram_b, gram_a = g.gram_b.numpy(), g.gram_a.numpy()
+    gram_b, gram_a = g.gram_b.cpu().numpy(), g.gram_a.cpu().numpy()  # R x R: the factors may be on a GPU
     hadamard = gram_b[:total, :total] * gram_a[:total, :total]  # ⟨b_j a_jᵀ, b_l a_lᵀ⟩ for columns j, l
     sums = gram_b[total, :total] * gram_a[total, :total]  # entry sum of each column's b_j a_jᵀ
     bounds = np.cumsum([0] + list(ranks))
