@@ -90,23 +90,15 @@ class Grams:
     row_sums: Optional[torch.Tensor] = None  # R, A1
     exact: bool = True
 
-    def entry_sum(self, coeffs: Optional[torch.Tensor] = None) -> float:
-        """Sum of the entries of B diag(c) A (c = 1 when not given)."""
+    def entry_sum(self) -> float:
+        """Sum of the entries of B @ A: (1ᵀB)(A1)."""
         if self.col_sums is None or self.row_sums is None:
             raise ValueError("these Grams were computed without sums; use grams(x, sums=True)")
-        products = self.col_sums * self.row_sums
-        return float(products.sum() if coeffs is None else products @ coeffs)
+        return float(self.col_sums @ self.row_sums)
 
-    def frobenius_sq(self, coeffs: Optional[torch.Tensor] = None) -> float:
-        """‖B diag(c) A‖² = cᵀ(BᵀB ∘ AAᵀ)c (c = 1 when not given)."""
-        hadamard = self.gram_b * self.gram_a
-        return float(hadamard.sum() if coeffs is None else coeffs @ hadamard @ coeffs)
-
-    def block(self, start: int, stop: int) -> "Grams":
-        """The Grams of the columns/rows start:stop alone (one term of a concatenation)."""
-        cut = slice(start, stop)
-        sums = (None, None) if self.col_sums is None else (self.col_sums[cut], self.row_sums[cut])
-        return Grams(self.gram_b[cut, cut], self.gram_a[cut, cut], *sums, exact=self.exact)
+    def frobenius_sq(self) -> float:
+        """‖B A‖² = tr((BᵀB)(AAᵀ))."""
+        return float((self.gram_b * self.gram_a).sum())
 
 
 def grams(x: LowRank, sums: bool = False, exact: bool = True) -> Grams:
@@ -157,9 +149,9 @@ def frobenius_sq(x: LowRank) -> float:
     return grams(x).frobenius_sq()
 
 
-def mean_std(x: LowRank, g: Optional[Grams] = None) -> tuple[float, float]:
+def mean_std(x: LowRank) -> tuple[float, float]:
     """Mean and population standard deviation over all entries of B @ A."""
-    g = grams(x, sums=True) if g is None else g
+    g = grams(x, sums=True)
     return moments(g.entry_sum(), g.frobenius_sq(), x.shape[0] * x.shape[1])
 
 
