@@ -209,7 +209,10 @@ class LoraAdapter:
             except (OSError, ValueError) as exc:
                 raise AdapterFormatError(f"{self.weights_file}: cannot read ({exc}); re-copy the file") from None
             self._bytes = torch.frombuffer(mapped, dtype=torch.uint8)
-        raw = self._bytes[offset : offset + math.prod(shape) * dtype.itemsize]
+        nbytes = math.prod(shape) * dtype.itemsize
+        raw = self._bytes[offset : offset + nbytes]
+        if raw.numel() != nbytes:  # the header was checked at open: the file changed since
+            raise AdapterFormatError(f"{self.weights_file}: ends inside tensor {key} (changed while open?); re-copy the file")
         if offset % dtype.itemsize:  # unaligned in the file: a copy is the only way to reinterpret it
             raw = raw.clone()
         return raw.view(dtype).view(shape)

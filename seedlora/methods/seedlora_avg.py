@@ -82,7 +82,7 @@ def merge_factors(terms: list[LowRank], weights: torch.Tensor, params: dict) -> 
     if mapping is None:
         return LowRank(B=joined.B.zero_(), A=joined.A.zero_())
     a, c = mapping
-    joined.B[:, :total].mul_(torch.from_numpy(coeffs * a).to(torch.float32).to(joined.B.device))  # a·B_avg
+    joined.B[:, :total].mul_(torch.from_numpy(coeffs * a).to(device=joined.B.device, dtype=torch.float32))  # a·B_avg
     joined.B[:, total] = c
     return joined
 
