@@ -22,6 +22,7 @@ from .errors import IncompatibleInputsError, UnsupportedFeatureError
 from .fused import FusedReport, _new_report, add_delta, output_layout, write_model_folder
 from .hf_model import CONFIG_NAME, ModelFolder, TensorInfo
 from .merge import resolve_method
+from .methods.base import split_stats
 from .output import check_output_free
 from .provenance import package_version
 from .rng import module_generator
@@ -58,7 +59,9 @@ def merge_checkpoints(
             return None
         weight = base.load(info)
         deltas = task_vectors(weight, [c.load(c.tensors[info.name]) for c in checkpoints])
-        merged = entry.merge_deltas(deltas, weight_tensor, resolved, module_generator(seed, info.name))
+        merged, stats = split_stats(entry.merge_deltas(deltas, weight_tensor, resolved, module_generator(seed, info.name)))
+        if stats:
+            report.module_stats[info.name] = stats
         report.merged_params += merged.numel()
         report.zero_delta_params += int(torch.count_nonzero(merged == 0))
         return [tensor_bytes(add_delta(weight, merged))]

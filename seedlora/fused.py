@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -24,7 +24,7 @@ import torch
 
 from .errors import IncompatibleInputsError
 from .hf_model import INDEX_NAME, ModelFolder, TensorInfo
-from .merge import merge_module, open_adapters, resolve_method, validate_compatible
+from .merge import merge_module_stats, open_adapters, resolve_method, validate_compatible
 from .output import check_output_free, staged_output
 from .provenance import provenance_record
 from .lowrank import LowRank
@@ -57,6 +57,7 @@ class FusedReport:
     merged_params: int = 0  # checkpoint merges: entries of the merged tensors
     zero_delta_params: int = 0  # of those, entries whose merged delta is exactly 0 (= base)
     seconds: float = 0.0
+    module_stats: dict = field(default_factory=dict)  # module -> per-module stats the method reported
 
     @property
     def unchanged_share(self) -> float:
@@ -70,6 +71,8 @@ class FusedReport:
         if self.kind == "checkpoints":
             record.update(merged_params=self.merged_params, zero_delta_params=self.zero_delta_params,
                           unchanged_share=self.unchanged_share)
+        if self.module_stats:
+            record["module_stats"] = self.module_stats
         return record
 
     def summary(self) -> str:
@@ -80,6 +83,10 @@ class FusedReport:
         )
         if self.kind == "checkpoints":
             text += f"; {self.unchanged_share:.1%} of merged entries left at the base value"
+        from .methods import stats_summary  # per-module stats a method reported (Model Stock's t, ...)
+
+        for name, (lo, mid, hi) in stats_summary(list(self.module_stats.values())).items():
+            text += f"\n{name} per module: min {lo:.4g}, median {mid:.4g}, max {hi:.4g} ({len(self.module_stats)} modules)"
         return text
 
 
@@ -110,7 +117,9 @@ def fuse_adapters(
         module = targets.get(info.name)
         if module is None:
             return None
-        update = merge_module(adapters, module, entry, weight_tensor, resolved, seed)
+        update, stats = merge_module_stats(adapters, module, entry, weight_tensor, resolved, seed)
+        if stats:
+            report.module_stats[module] = stats
         return fused_blocks(base, info, update_rows(update, adapters[0].modules[module].transposed))
 
     provenance = provenance_record(adapters, report, base=base.path)

@@ -20,7 +20,7 @@ from .adapter import LoraAdapter
 from .errors import IncompatibleInputsError, MethodError
 from .lowrank import LowRank
 from .methods import get_method
-from .methods.base import MergeMethod
+from .methods.base import MergeMethod, split_stats
 from .output import check_output_free
 from .provenance import input_facts
 from .rng import module_generator
@@ -36,6 +36,7 @@ class ModuleResult:
     energy_kept: float  # ‖τ_N‖² / ‖τ‖² (1.0 when nothing was cut)
     relative_error: float  # ‖τ − τ_N‖ / ‖τ‖
     norm_sq: Optional[float]  # ‖τ‖², to weight the overall figures (None: the merge cut nothing)
+    stats: dict = field(default_factory=dict)  # per-module scalars the method reported (Model Stock's t, ...)
 
 
 @dataclass
@@ -135,12 +136,17 @@ def merge_module(
     dense: bool = False,
 ) -> Union[LowRank, torch.Tensor]:
     """One module's merged update: LowRank on the factor path, else a float32 out x in tensor."""
+    return merge_module_stats(adapters, module, method, weights, params, seed, dense)[0]
+
+
+def merge_module_stats(adapters, module: str, method: MergeMethod, weights, params: dict, seed: int, dense: bool = False):
+    """(merge_module's result, the per-module stats the method reported, e.g. {"t": 0.7})."""
     terms = [adapter.factors(module) for adapter in adapters]
     if method.low_rank:
-        result = method.merge_factors(terms, weights, params)
-        return result.dense() if dense else result
+        result, stats = split_stats(method.merge_factors(terms, weights, params))
+        return (result.dense() if dense else result), stats
     deltas = [term.dense() for term in terms]
-    return method.merge_deltas(deltas, weights, params, module_generator(seed, module))
+    return split_stats(method.merge_deltas(deltas, weights, params, module_generator(seed, module)))
 
 
 def exact_rank(adapters: Sequence[LoraAdapter], module: str, method: MergeMethod) -> int:
@@ -180,8 +186,9 @@ def merge_all(sources, names, method: MergeMethod, weights, params: dict, rank: 
     cuts = any(exact[name] > rank for name in names)
     merged, results = {}, []
     for name in _progress(names, progress, f"merging ({method.name})"):
-        result = merge_module(sources, name, method, weights, params, seed)
+        result, stats = merge_module_stats(sources, name, method, weights, params, seed)
         factors, info = compress(result, name, rank, exact[name], seed, weigh=cuts)
+        info.stats = stats
         merged[name] = lowrank.pad_rank(factors, rank)
         results.append(info)
     return merged, results

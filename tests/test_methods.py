@@ -66,20 +66,36 @@ def ref_sign_merge(stack, weights, majority_sign):
 
 # ---- registry ----
 
-def test_registry_lists_all_seven_methods_in_order():
-    assert method_names() == ["linear", "seedlora", "ties", "dare_linear", "dare_ties", "magnitude_prune", "selection"]
-    assert all(m.paper.startswith("https://") and m.summary for m in METHODS)
-    assert [m.name for m in METHODS if m.low_rank] == ["linear", "seedlora"]
-    assert [m.name for m in METHODS if m.random] == ["dare_linear", "dare_ties", "selection"]
+ALL = ["linear", "seedlora", "ties", "dare_linear", "dare_ties", "magnitude_prune", "selection", "model_stock", "tsv",
+       "iso_c", "iso_cts", "knots", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "slerp", "multislerp"]
+
+
+def test_registry_lists_every_method_in_order():
+    assert method_names() == ALL
+    assert all(m.paper.startswith("https://") and m.summary and m.mergekit for m in METHODS)
+    assert [m.name for m in METHODS if m.low_rank] == ["linear", "seedlora", "model_stock", "tsv", "iso_c", "iso_cts",
+                                                        "knots", "slerp", "multislerp"]
+    assert [m.name for m in METHODS if m.random] == ["dare_linear", "dare_ties", "selection", "della", "della_linear"]
     assert {m.name: m.default_weight(4) for m in METHODS} == {
-        "linear": 0.25, "seedlora": 1.0, "ties": 1.0, "dare_linear": 0.25,
-        "dare_ties": 1.0, "magnitude_prune": 0.25, "selection": 0.25,
+        "linear": 0.25, "seedlora": 1.0, "ties": 1.0, "dare_linear": 0.25, "dare_ties": 1.0, "magnitude_prune": 0.25,
+        "selection": 0.25, "model_stock": 0.25, "tsv": 1.0, "iso_c": 1.0, "iso_cts": 1.0, "knots": 1.0, "della": 1.0,
+        "della_linear": 0.25, "breadcrumbs": 0.25, "breadcrumbs_ties": 1.0, "slerp": 1.0, "multislerp": 0.25,
     }
 
 
 def test_unknown_method_names_the_choices():
-    with pytest.raises(MethodError, match=r"unknown method 'avg' \(choose from: linear, seedlora, .*selection\)"):
+    with pytest.raises(MethodError, match=r"unknown method 'avg' \(choose from: linear, seedlora, .*multislerp\)"):
         get_method("avg")
+
+
+@pytest.mark.parametrize("typed,meant", [("modelstock", "model_stock"), ("Ties", None), ("DELLA-linear", None),
+                                         ("iso-cts", None), ("slerpp", "slerp"), ("bredcrumbs", "breadcrumbs")])
+def test_method_names_are_case_insensitive_and_typos_get_a_suggestion(typed, meant):
+    if meant is None:
+        assert get_method(typed).name == typed.lower().replace("-", "_")
+    else:
+        with pytest.raises(MethodError, match=f"unknown method '{typed}'; did you mean '{meant}'\\?"):
+            get_method(typed)
 
 
 @pytest.mark.parametrize("name,params,match", [
@@ -91,19 +107,42 @@ def test_unknown_method_names_the_choices():
     ("selection", {"resample": -1}, "'resample' must be >= 0"),
     ("linear", {"normalize": 2}, "must be one of 0, 1"),
     ("seedlora", {"density": 0.5}, r"has no parameter 'density' \(accepted: none\)"),
+    ("ties", {"densty": 0.5}, r"\(accepted: density, majority_sign\); did you mean 'density'\?"),
+    ("slerp", {"t": 1.5}, r"'t' must be in \[0, 1\]"),
+    ("slerp", {"t": "half"}, "'t' must be float, got 'half'"),
+    ("della", {"density": 0.9}, r"density ± epsilon must lie in \(0, 1\), got density=0.9, epsilon=0.15"),
+    ("della", {"density": 0.5, "epsilon": -0.1}, "'epsilon' must be >= 0"),
+    ("della_linear", {"rescale": "l2"}, "must be one of l1, inverse, none"),
+    ("breadcrumbs", {"gamma": 2}, r"'gamma' must be in \[0, 1\]"),
+    ("tsv", {"sv_reduction": 0}, r"'sv_reduction' must be in \(0, 1\]"),
+    ("iso_cts", {"common_space_fraction": 1.2}, r"must be in \(0, 1\]"),
+    ("knots", {"merge": "dare"}, "must be one of ties, linear"),
+    ("multislerp", {"eps": 0}, "'eps' must be > 0"),
+    ("model_stock", {"filter_wise": "maybe"}, "'filter_wise' must be int"),
 ])
 def test_bad_parameters_raise_method_error(name, params, match):
     with pytest.raises(MethodError, match=match):
         get_method(name).resolve_params(params)
 
 
+@pytest.mark.parametrize("name,k,weights,match", [
+    ("slerp", 3, None, "merges exactly 2 inputs, got 3"),
+    ("slerp", 2, [1.0, 2.0], "takes no per-input weights"),
+    ("linear", 3, [1.0], "got 1 weights for 3 inputs"),
+])
+def test_bad_input_counts_and_weights_raise_method_error(name, k, weights, match):
+    with pytest.raises(MethodError, match=match):
+        get_method(name).resolve_weights(weights, k)
+
+
 def test_no_method_modifies_its_inputs(terms, deltas, weights):
     before = [d.clone() for d in deltas]
     factors_before = [(t.B.clone(), t.A.clone()) for t in terms]
     for method in METHODS:
-        run(method.name, deltas, weights)
+        k = 2 if method.max_inputs == 2 else 3
+        run(method.name, deltas[:k], weights[:k])
         if method.low_rank:
-            method.merge_factors(terms, weights, method.resolve_params(None))
+            method.merge_factors(terms[:k], weights[:k], method.resolve_params(None))
     assert all(torch.equal(a, b) for a, b in zip(before, deltas))
     assert all(torch.equal(t.B, b) and torch.equal(t.A, a) for t, (b, a) in zip(terms, factors_before))
 

@@ -18,10 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--method", default="linear", help="merge method (see `seedlora methods`; default linear)")
     parser.add_argument("-o", "--output", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per input (default: the method's)")
-    parser.add_argument("--density", type=float, help="fraction kept by ties/dare/magnitude_prune, in (0, 1]")
-    parser.add_argument("--majority-sign", choices=("total", "frequency"), help="sign election of ties/dare_ties")
-    parser.add_argument("--resample", type=int, help="resampling rounds of selection (0 = plain selection)")
-    parser.add_argument("--normalize", action="store_true", help="linear: rescale weights to sum to 1")
     parser.add_argument("--rank", type=int, help="compress the adapter to this rank (reports the energy kept)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random methods (default 0)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="adapter output dtype (default: the inputs')")
@@ -31,17 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", help="fused output shard size, e.g. 2GB (default: the base's layout)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    from ..methods import METHODS
+    from ..methods.cli_params import add_param_arguments
+
+    add_param_arguments(parser, METHODS)  # --density, --t, --epsilon, … and --param NAME=VALUE
 
 
 def method_params(args) -> dict:
     """Only the method parameters the user actually gave (unknown ones are rejected later)."""
-    given = {
-        "density": args.density,
-        "majority_sign": args.majority_sign,
-        "resample": args.resample,
-        "normalize": 1 if args.normalize else None,
-    }
-    return {k: v for k, v in given.items() if v is not None}
+    from ..methods.cli_params import given_params
+
+    return given_params(args)
 
 
 def show_progress(args) -> bool:
@@ -110,8 +106,17 @@ def summary(report, n_inputs: int) -> str:
         for m in worst:
             lines.append(f"  {m.name}: rank {m.exact_rank}→{m.rank}, energy kept {m.energy_kept:.4%}, rel. error {m.relative_error:.3e}")
         lines.append("per-module figures: merge_report.json in the output folder")
+    lines += stats_lines([m.stats for m in report.modules])
     lines.append(serving_hint(report.rank))
     return "\n".join(lines)
+
+
+def stats_lines(per_module: list) -> list:
+    """One line per statistic a method reported per module (Model Stock's t, ...): min/median/max."""
+    from ..methods import stats_summary
+
+    return [f"{name} per module: min {lo:.4g}, median {mid:.4g}, max {hi:.4g} ({len(per_module)} modules)"
+            for name, (lo, mid, hi) in stats_summary(per_module).items()]
 
 
 def serving_hint(rank: int) -> str:

@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..errors import MethodError
-from .base import MergeMethod, Param
+from .base import MergeMethod, Param, split_stats, stats_summary, suggestion
+from .breadcrumbs import BREADCRUMBS, BREADCRUMBS_TIES
+from .dare import DARE_LINEAR, DARE_TIES
+from .della import DELLA, DELLA_LINEAR
+from .iso import ISO_C, ISO_CTS
+from .knots import METHOD as KNOTS
 from .linear import METHOD as LINEAR
+from .model_stock import METHOD as MODEL_STOCK
 from .seedlora_avg import METHOD as SEEDLORA
 from .selection import METHOD as SELECTION
-from .sparsify import DARE_LINEAR, DARE_TIES, MAGNITUDE_PRUNE, TIES
+from .slerp import MULTISLERP, SLERP
+from .sparsify import MAGNITUDE_PRUNE, TIES
+from .tsv import METHOD as TSV
+
+# how mergekit's method of the same name compares (tests/test_mergekit_parity.py); kept here
+# so that sparsify.py's family definitions stay as they are
+_TIES_PARITY = ("equal where ρ·n is whole and weights are 1; else differs in a few entries per tensor "
+                "(mergekit keeps ⌊ρn⌋, divides by Σ agreeing weights)")
 
 METHODS: tuple[MergeMethod, ...] = (
     LINEAR,
     SEEDLORA,
-    TIES,
+    replace(TIES, mergekit=_TIES_PARITY),
     DARE_LINEAR,
     DARE_TIES,
-    MAGNITUDE_PRUNE,
+    replace(MAGNITUDE_PRUNE, mergekit="no mergekit equivalent (its task_arithmetic has no trim)"),
     SELECTION,
+    MODEL_STOCK,
+    TSV,
+    ISO_C,
+    ISO_CTS,
+    KNOTS,
+    DELLA,
+    DELLA_LINEAR,
+    BREADCRUMBS,
+    BREADCRUMBS_TIES,
+    SLERP,
+    MULTISLERP,
 )
 
 
@@ -26,11 +52,14 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str) -> MergeMethod:
-    """The method called `name`; MethodError listing the choices otherwise."""
+    """The method called `name` (any case); MethodError with a suggestion and the choices otherwise."""
+    wanted = str(name).lower().replace("-", "_")
     for method in METHODS:
-        if method.name == name:
+        if method.name == wanted:
             return method
-    raise MethodError(f"unknown method {name!r} (choose from: {', '.join(method_names())})")
+    raise MethodError(
+        f"unknown method {name!r}{suggestion(str(name), method_names())} (choose from: {', '.join(method_names())})"
+    )
 
 
-__all__ = ["METHODS", "MergeMethod", "Param", "get_method", "method_names"]
+__all__ = ["METHODS", "MergeMethod", "Param", "get_method", "method_names", "split_stats", "stats_summary"]

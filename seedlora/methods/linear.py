@@ -55,7 +55,9 @@ METHOD = MergeMethod(
     merge_deltas=merge_deltas,
     merge_factors=merge_factors,
     params=(
-        Param("normalize", int, 0, "1: rescale the weights to sum to 1", choices=(0, 1)),
+        Param("normalize", int, 0, "rescale the weights to sum to 1", choices=(0, 1)),
     ),
     default_weight=lambda k: 1.0 / k,
+    mergekit="yes, to float32 rounding (mergekit divides by Σ w_i by default: pass weights summing to 1 "
+             "or --normalize)",
 )
