@@ -45,7 +45,7 @@ def test_methods_lists_every_method_with_defaults_and_paper(capsys):
     assert code == 0
     for name in ("linear", "seedlora", "ties", "dare_linear", "dare_ties", "magnitude_prune", "selection"):
         assert f"\n{name}: " in "\n" + out
-    assert "density=0.2" in out and "resample=1" in out and "arxiv.org" in out
+    assert "--density 0.2" in out and "--resample 1" in out and "arxiv.org" in out
 
 
 def test_inspect_shows_ranks_and_pairwise_cosine(adapters, capsys):

@@ -63,7 +63,8 @@ def _method(name: str, consensus: bool, default_weight) -> MergeMethod:
     ) + ((MAJORITY_SIGN,) if consensus else ())
     return MergeMethod(
         name=name,
-        summary=f"Breadcrumbs: drop the top-γ outliers and the smallest entries, {'TIES sign election' if consensus else 'weighted sum'}",
+        summary="drop the largest γ·n entries (outliers) and the smallest, keeping ρ·n; "
+                + ("TIES sign election + disjoint mean" if consensus else "weighted sum"),
         paper=PAPER,
         merge_deltas=partial(merge_deltas, consensus=consensus),
         params=params,

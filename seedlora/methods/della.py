@@ -73,7 +73,8 @@ def _method(name: str, consensus: bool, default_weight) -> MergeMethod:
     ) + ((MAJORITY_SIGN,) if consensus else ())
     return MergeMethod(
         name=name,
-        summary=f"DELLA: magnitude-ranked random drop per row, rescale, {'TIES sign election' if consensus else 'weighted sum'}",
+        summary="keep each entry with p from ρ − ε to ρ + ε by its magnitude rank in its row, rescale, "
+                + ("TIES sign election + disjoint mean" if consensus else "weighted sum"),
         paper=PAPER,
         merge_deltas=partial(merge_deltas, consensus=consensus),
         params=params,

@@ -83,7 +83,7 @@ LAMBDA = Param("lambda", float, 1.0, "scale of the merged update (the paper's α
 
 ISO_C = MergeMethod(
     name="iso_c",
-    summary="Iso-C: the summed update with a flat spectrum, σ̄·U Vᵀ (σ̄ reported)",
+    summary="λ·σ̄·U Vᵀ for Σ w_i τ_i = U S Vᵀ: the sum with a flat spectrum (σ̄ reported)",
     paper="https://arxiv.org/abs/2502.04959",
     merge_deltas=iso_c_deltas,
     merge_factors=iso_c_factors,
@@ -94,7 +94,7 @@ ISO_C = MergeMethod(
 
 ISO_CTS = MergeMethod(
     name="iso_cts",
-    summary="Iso-CTS: common subspace of the sum plus each input's own directions, orthogonalised, flat spectrum",
+    summary="top subspace of the sum plus each input's own directions outside it, orthogonalised, flat spectrum (σ̄ reported)",
     paper="https://arxiv.org/abs/2502.04959",
     merge_deltas=iso_cts_deltas,
     merge_factors=iso_cts_factors,

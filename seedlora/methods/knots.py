@@ -63,7 +63,7 @@ def merge_deltas(deltas, weights, params, generator):
 
 METHOD = MergeMethod(
     name="knots",
-    summary="KnOTS: align the updates in the shared basis of their concatenation's SVD, then TIES (or linear)",
+    summary="SVD [τ_1 … τ_K] = U S [V_1ᵀ … V_Kᵀ]; TIES (or linear) on the aligned blocks S V_iᵀ; U back",
     paper="https://arxiv.org/abs/2410.19735",
     merge_deltas=merge_deltas,
     merge_factors=merge_factors,

@@ -50,7 +50,7 @@ def merge_factors(terms: list[LowRank], weights: torch.Tensor, params: dict) -> 
 
 METHOD = MergeMethod(
     name=NAME,
-    summary="weighted sum of updates (default: plain average), exact low-rank",
+    summary="τ = Σ w_i τ_i (default w_i = 1/K: the average)",
     paper="https://arxiv.org/abs/2212.04089",
     merge_deltas=merge_deltas,
     merge_factors=merge_factors,

@@ -104,7 +104,7 @@ def merge_deltas(deltas: list[torch.Tensor], weights: torch.Tensor, params: dict
 
 METHOD = MergeMethod(
     name=NAME,
-    summary="Model Stock: t·Σ w_i τ_i, t = Kcosθ/(1+(K−1)cosθ) from the mean pairwise cosine (t reported)",
+    summary="t·Σ w_i τ_i, t = Kcosθ/(1 + (K−1)cosθ), cosθ the mean pairwise cosine of the updates (t reported)",
     paper="https://arxiv.org/abs/2403.19522",
     merge_deltas=merge_deltas,
     merge_factors=merge_factors,

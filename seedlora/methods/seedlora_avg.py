@@ -114,7 +114,7 @@ def _statistics(g, ranks: list, coeffs: np.ndarray, n: int) -> tuple:
 
 METHOD = MergeMethod(
     name="seedlora",
-    summary="average, then match mean/std to the inputs' (SeedLoRA), exact rank Σr+1",
+    summary="average, then an affine map so mean/std equal the inputs' mean μ̂, σ̂: σ̂(τ_avg − μ(τ_avg))/σ(τ_avg) + μ̂",
     paper="https://openreview.net/forum?id=7QH48TtFZX",
     merge_deltas=merge_deltas,
     merge_factors=merge_factors,

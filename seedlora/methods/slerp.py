@@ -122,7 +122,7 @@ def _positive(value: float):
 
 SLERP = MergeMethod(
     name="slerp",
-    summary="spherical interpolation of two updates: t = 0 → first input's, t = 1 → second's (cosθ reported)",
+    summary="sin((1−t)θ)/sinθ·τ_1 + sin(tθ)/sinθ·τ_2, θ the angle of the updates; t = 0: τ_1, t = 1: τ_2 (cosθ reported)",
     paper="https://en.wikipedia.org/wiki/Slerp",
     merge_deltas=slerp_deltas,
     merge_factors=slerp_factors,
@@ -137,7 +137,7 @@ SLERP = MergeMethod(
 
 MULTISLERP = MergeMethod(
     name="multislerp",
-    summary="mergekit's multislerp: weighted mean direction of the unit updates, scaled to the weighted mean norm",
+    summary="direction of Σ w_i τ_i/‖τ_i‖, scaled to Σ w_i ‖τ_i‖ (weights normalised)",
     paper="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
     merge_deltas=multislerp_deltas,
     merge_factors=multislerp_factors,

@@ -53,7 +53,7 @@ def merge_deltas(deltas, weights, params, generator):
 
 METHOD = MergeMethod(
     name="tsv",
-    summary="TSV-Merge: each update's top singular triplets, stacked, U and V orthogonalised (Procrustes)",
+    summary="each update's top singular triplets stacked, U and V replaced by their polar factors: λ·U⊥ S V⊥ᵀ",
     paper="https://arxiv.org/abs/2412.00081",
     merge_deltas=merge_deltas,
     merge_factors=merge_factors,
