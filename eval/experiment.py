@@ -73,6 +73,8 @@ def merge_all(base: Path, singles: list[Path], work: Path, args) -> dict[str, di
 
     merged = {}
     for method in METHODS:
+        if not method.accepts(len(singles)):  # slerp merges exactly two
+            continue
         output = work / "merged" / method.name
         if args.dense_as == "fused" and not method.low_rank:
             from seedlora.fused import fuse_adapters
