@@ -19,7 +19,7 @@ def row(method) -> tuple:
     from ..methods.cli_params import param_text
 
     if not method.uses_weights:
-        weights = "none (see parameters)"
+        weights = "none (--t)"
     else:
         weights = {0.25: "1/K", 1.0: "1"}.get(method.default_weight(4), f"{method.default_weight(4)} for K = 4")
     params = ", ".join(param_text(p) for p in method.params) or "none"

@@ -37,11 +37,11 @@ DARE_LINEAR = replace(
     _DARE_LINEAR,
     params=_DARE_LINEAR.params + (rescale_param("inverse"),),
     merge_deltas=partial(merge_deltas, combine_mode="sum"),
-    mergekit="same distribution (other random draws); exact at density 1 and given the masks with rescale l1",
+    mergekit="same keep rates (other random draws); exact at density 1 and, with --rescale l1, given mergekit's masks",
 )
 DARE_TIES = replace(
     _DARE_TIES,
     params=_DARE_TIES.params + (rescale_param("inverse"),),
     merge_deltas=partial(merge_deltas, combine_mode="sign_elect"),
-    mergekit="same distribution; exact at density 1 (mergekit with normalize: true, unit weights)",
+    mergekit="same keep rates (other random draws); exact at density 1 (mergekit with normalize: true, unit weights)",
 )

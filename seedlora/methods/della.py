@@ -81,8 +81,8 @@ def _method(name: str, consensus: bool, default_weight) -> MergeMethod:
         random=True,
         default_weight=default_weight,
         check_params=check_range,
-        mergekit="same distribution (other random draws); exact given the masks"
-                 + ("; combine equal for unit weights" if consensus else ""),
+        mergekit=("same keep rates (other random draws); exact at density 1 and given mergekit's masks"
+                  + (", for unit weights" if consensus else "")),
     )
 
 

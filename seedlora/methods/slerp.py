@@ -146,5 +146,6 @@ MULTISLERP = MergeMethod(
         Param("eps", float, 1e-8, "added to norms, as mergekit", check=_positive),
     ),
     default_weight=lambda k: 1.0 / k,
-    mergekit="yes (with base_model), to float32 rounding",
+    mergekit="yes, to float32 rounding (on models whose adapted weights are 0; mergekit's base_model mode "
+             "fails on tensors no input changed)",
 )
