@@ -122,3 +122,20 @@ def test_readme_methods_table_is_the_registry(capsys):
     for row in out.strip().splitlines():
         if row.startswith("| "):
             assert row in readme_rows, f"README methods table is out of date: {row[:80]}"
+
+
+def test_peft_api_reports_the_stats_and_adds_the_exact_update(adapters):
+    from peft import PeftModel
+
+    from _adapters import tiny_llama
+    from seedlora import merge_peft_adapters
+
+    model = PeftModel.from_pretrained(tiny_llama(), adapters[0], adapter_name="a0")
+    for i, folder in enumerate(adapters[1:], 1):
+        model.load_adapter(folder, adapter_name=f"a{i}")
+    report = merge_peft_adapters(model, ["a0", "a1", "a2"], "stock", method="model_stock")
+    for module in report.modules:
+        layer = model.base_model.model.get_submodule(module.name)
+        taus = [layer.get_delta_weight(f"a{i}").double() for i in range(3)]
+        expected = module.stats["t"] * sum(taus) / 3
+        torch.testing.assert_close(layer.get_delta_weight("stock").double(), expected, rtol=1e-5, atol=1e-6)
