@@ -21,9 +21,9 @@ from _adapters import read_model_tensors
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from seedlora.checkpoints import merge_checkpoints
+from seedlora import merge_checkpoints
 from seedlora.errors import IncompatibleInputsError, OutputExistsError, SeedLoraError
-from seedlora.hf_model import INDEX_NAME
+from seedlora.sources.model_folder import INDEX_NAME
 from seedlora.methods import get_method, method_names
 from seedlora.rng import module_generator
 

@@ -50,6 +50,13 @@ class Param:
         return value
 
 
+def split_stats(output) -> tuple:
+    """(result, stats): a method returns its result alone or as (result, {name: scalar per module})."""
+    if isinstance(output, tuple):
+        return output[0], dict(output[1])
+    return output, {}
+
+
 def density_in_unit_interval(value: float) -> Optional[str]:
     return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from ..errors import SeedLoraError
 
@@ -17,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="ADAPTER", help="adapter folders (or model folders with --base)")
     parser.add_argument("-m", "--method", default="linear", help="merge method (see `seedlora methods`; default linear)")
     parser.add_argument("-o", "--output", required=True, help="output folder (must not exist or be empty)")
-    parser.add_argument("--weights", nargs="+", type=float, help="one weight per input (default: the method's)")
+    parser.add_argument("--weights", type=weight_list, help="one weight per input, comma-separated, e.g. 0.5,0.3,0.2 (default: the method's)")
     parser.add_argument("--density", type=float, help="fraction kept by ties/dare/magnitude_prune, in (0, 1]")
     parser.add_argument("--majority-sign", choices=("total", "frequency"), help="sign election of ties/dare_ties")
     parser.add_argument("--resample", type=int, help="resampling rounds of selection (0 = plain selection)")
@@ -26,11 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of random methods (default 0)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="adapter output dtype (default: the inputs')")
     parser.add_argument("--vllm", action="store_true", help="write a rank vLLM's --max-lora-rank accepts (pad exactly, or truncate to --rank)")
-    parser.add_argument("--base", help="base model folder: with --fuse, or when the inputs are full checkpoints")
+    parser.add_argument("--base", help="base model folder: for --fuse, DoRA inputs, modules_to_save deltas, or full checkpoints")
     parser.add_argument("--fuse", action="store_true", help="write base + merged update as a full model (needs --base)")
     parser.add_argument("--shard-size", help="fused output shard size, e.g. 2GB (default: the base's layout)")
+    parser.add_argument("--strict", action="store_true", help="refuse instead of warning (modules not adapted by every input, differing base models, an input given twice)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def weight_list(text: str) -> list:
+    """'0.5,0.3,0.2' -> [0.5, 0.3, 0.2]."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.5,0.3,0.2") from None
 
 
 def method_params(args) -> dict:
@@ -49,56 +57,48 @@ def show_progress(args) -> bool:
 
 
 def run(args) -> None:
-    common = dict(
-        method=args.method,
-        weights=args.weights,
-        params=method_params(args),
-        seed=args.seed,
-        overwrite=args.overwrite,
-        progress=show_progress(args),
-    )
-    inputs_are_models = args.base is not None and _all_models(args.inputs)
-    if args.fuse or inputs_are_models:
-        if args.base is None:
-            raise SeedLoraError("--fuse needs --base BASE_DIR, the model the adapters were trained on")
-        if args.rank is not None or args.vllm or args.dtype:
-            raise SeedLoraError("--rank/--vllm/--dtype apply to adapter output; a fused model is exact in the base's dtypes")
-        _run_fused(args, inputs_are_models, common)
-        return
-    from ..merge import merge_adapters
+    from ..api import merge_adapters, merge_checkpoints
+    from ..sources import is_model_folder
 
-    if args.shard_size:
+    numbers = [i for i in args.inputs if _is_number(i)]
+    if numbers:
+        raise SeedLoraError(f"{numbers[0]!r} is not an adapter folder; give --weights as one comma-separated list, e.g. --weights 0.5,0.3,0.2")
+    common = dict(method=args.method, weights=args.weights, params=method_params(args), seed=args.seed,
+                  overwrite=args.overwrite, progress=show_progress(args))
+    checkpoints = args.base is not None and all(is_model_folder(p) for p in args.inputs)
+    if (args.fuse or checkpoints) and (args.rank is not None or args.vllm or args.dtype):
+        raise SeedLoraError("--rank/--vllm/--dtype apply to adapter output; a fused model is exact in the base's dtypes")
+    if args.fuse and args.base is None:
+        raise SeedLoraError("--fuse needs --base BASE_DIR, the model the adapters were trained on")
+    if args.shard_size and not (args.fuse or checkpoints):
         raise SeedLoraError("--shard-size applies to fused output; add --fuse --base BASE_DIR")
-    report = merge_adapters(args.inputs, args.output, rank=args.rank, dtype=args.dtype, vllm=args.vllm, **common)
-    if not args.quiet:
-        print(summary(report, len(args.inputs)))
-
-
-def _all_models(inputs) -> bool:
-    from ..hf_model import is_model_folder
-
-    kinds = [is_model_folder(Path(p)) for p in inputs]
-    if any(kinds) and not all(kinds):
-        raise SeedLoraError("inputs mix adapter folders and full model folders; merge one kind at a time")
-    return all(kinds)
-
-
-def _run_fused(args, inputs_are_models: bool, common: dict) -> None:
-    if inputs_are_models:
-        from ..checkpoints import merge_checkpoints as fuse
+    if checkpoints:
+        report = merge_checkpoints(args.inputs, args.base, args.output, shard_size=args.shard_size, **common)
     else:
-        from ..fused import fuse_adapters as fuse
-    report = fuse(args.inputs, args.base, args.output, shard_size=args.shard_size, **common)
+        report = merge_adapters(args.inputs, args.output, rank=args.rank, dtype=args.dtype, vllm=args.vllm,
+                                base=args.base, fuse=args.fuse, strict=args.strict, shard_size=args.shard_size, **common)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if not args.quiet:
-        print(f"wrote {report.summary()}")
+        print(summary(report, args.rank) if report.sink == "adapter" else fused_summary(report))
 
 
-def summary(report, n_inputs: int) -> str:
-    """What the user reads after a merge: shape of the result and what (if anything) was lost."""
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return not os.path.exists(text)
+
+
+def summary(report, asked_rank=None) -> str:
+    """What the user reads after an adapter merge: shape of the result and what (if anything) was lost."""
     lines = [
-        f"merged {n_inputs} adapters with {report.method}: {len(report.modules)} modules, "
+        f"merged {len(report.inputs)} adapter{'s' if len(report.inputs) != 1 else ''} with {report.method}: {len(report.modules)} modules, "
         f"rank {report.rank} → {report.output} ({report.seconds:.1f} s)"
     ]
+    if asked_rank is not None and asked_rank > report.rank:
+        lines.append(f"--rank {asked_rank} is above the exact rank; wrote rank {report.rank}, which is lossless")
     if report.lossless:
         lines.append("exact: no truncation (energy kept 100%)")
     else:
@@ -110,12 +110,25 @@ def summary(report, n_inputs: int) -> str:
         for m in worst:
             lines.append(f"  {m.name}: rank {m.exact_rank}→{m.rank}, energy kept {m.energy_kept:.4%}, rel. error {m.relative_error:.3e}")
         lines.append("per-module figures: merge_report.json in the output folder")
+    for stat, (low, median, high) in report.stat_summary().items():
+        lines.append(f"{stat} per module: min {low:.4g}, median {median:.4g}, max {high:.4g}")
     lines.append(serving_hint(report.rank))
     return "\n".join(lines)
 
 
+def fused_summary(report) -> str:
+    """One line for a fused-model merge."""
+    text = (
+        f"wrote {report.output}: {report.tensors_merged} tensors merged ({report.method}), {report.tensors_copied} copied "
+        f"unchanged, {len(report.shards)} shard(s), {report.bytes_written / 1e9:.2f} GB in {report.seconds:.1f} s"
+    )
+    if report.merged_params:
+        text += f"; {report.unchanged_share:.1%} of merged entries left at the base value"
+    return text
+
+
 def serving_hint(rank: int) -> str:
-    from ..vllm_compat import VLLM_MAX_LORA_RANKS, vllm_rank_bucket
+    from ..pipeline.rank import VLLM_MAX_LORA_RANKS, vllm_rank_bucket
 
     if rank > VLLM_MAX_LORA_RANKS[-1]:
         return f"rank {rank} is above what vLLM serves (512): re-merge with --vllm --rank 512 to serve it"
