@@ -13,7 +13,7 @@ HELP = "merge LoRA adapters (or full fine-tuned checkpoints) into one adapter or
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="ADAPTER", help="adapter folders (or model folders with --base)")
+    parser.add_argument("inputs", nargs="*", metavar="ADAPTER", help="adapter folders (or model folders with --base)")
     parser.add_argument("-m", "--method", default="linear", help="merge method (see `seedlora methods`; default linear)")
     parser.add_argument("-o", "--output", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument("--weights", type=weight_list, help="one weight per input, comma-separated, e.g. 0.5,0.3,0.2 (default: the method's)")
@@ -60,6 +60,8 @@ def run(args) -> None:
     from ..api import merge_adapters, merge_checkpoints
     from ..sources import is_model_folder
 
+    if not args.inputs:
+        raise SeedLoraError("no inputs given; pass one or more adapter folders, e.g. seedlora merge adapters/seed-* -o merged/")
     numbers = [i for i in args.inputs if _is_number(i)]
     if numbers:
         raise SeedLoraError(f"{numbers[0]!r} is not an adapter folder; give --weights as one comma-separated list, e.g. --weights 0.5,0.3,0.2")
