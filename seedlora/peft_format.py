@@ -75,6 +75,14 @@ def parse_key(key: str, modules_to_save: Sequence[str] = ()) -> Optional[KeyRole
     return None
 
 
+def saved_module_names(config: dict) -> list:
+    """modules_to_save entries, plus the output head PEFT saves beside a tied embedding (ensure_weight_tying)."""
+    names = list(config.get("modules_to_save") or ())
+    if names and config.get("ensure_weight_tying"):
+        names += list(config.get("modules_to_tie") or ("lm_head",))
+    return names
+
+
 def saved_module_of(name: str, modules_to_save: Sequence[str]) -> Optional[str]:
     """The modules_to_save module a tensor name belongs to (PEFT matches module names by suffix)."""
     parts = name.split(".")

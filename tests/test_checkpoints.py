@@ -177,6 +177,18 @@ def test_same_seed_same_bytes_and_loads(setup, tmp_path):
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
 
 
+def test_provenance_hashes_every_checkpoint_file_whole(setup, tmp_path):
+    import hashlib
+
+    base, checkpoints, _, _ = setup
+    merge_checkpoints(checkpoints, base, tmp_path / "out", method="linear")
+    record = json.loads((tmp_path / "out" / "seedlora_provenance.json").read_text())
+    for entry, folder in zip(record["inputs"], checkpoints):
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".json"))
+        assert entry["sha256"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    assert "not the weights" in record["base"]["hashed"]
+
+
 # ------------------------------------------------------------------ bad inputs
 def _fails(tmp_path, error, match, checkpoints, base):
     with pytest.raises(error, match=match):

@@ -110,7 +110,7 @@ class Merger:
 
     def _saved_base(self, module: str, param: str) -> torch.Tensor:
         if self.plan.base is not None:
-            return self.plan.base.load(self.plan.base.tensors[f"{module}.{param}"]).to(torch.float32)
+            return self.plan.base.load(self.plan.base.weight(f"{module}.{param}")).to(torch.float32)
         source = next(s for s in self.plan.sources if hasattr(s, "saved_base") and module in s.saved)
         return source.saved_base(module, param).to(torch.float32)
 

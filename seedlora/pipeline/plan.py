@@ -233,7 +233,7 @@ def _check_base_needs(plan: MergePlan) -> None:
             why = f"method {plan.method.name} merges them as deltas from the base" if plan.method.name != "linear" else "an input that does not save it keeps the base's value"
             raise IncompatibleInputsError(f"modules_to_save {target.module}: {why}; pass --base BASE_DIR")
         for param, shape in target.shapes:
-            info = plan.base.tensors.get(f"{target.module}.{param}")
+            info = plan.base.weight(f"{target.module}.{param}")
             if info is None or tuple(info.shape) != tuple(shape):
                 raise IncompatibleInputsError(
                     f"modules_to_save {target.module}.{param}: base {plan.base.path} has no tensor of shape {list(shape)} "

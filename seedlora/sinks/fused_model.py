@@ -177,7 +177,7 @@ def _roles(plan: MergePlan) -> dict:
             roles[target.bias_name] = ("bias", name)
     for module, target in plan.saved.items():
         for param, shape in target.shapes:
-            info = base.tensors.get(f"{module}.{param}")
+            info = base.weight(f"{module}.{param}")  # a tied head resolves to the embedding
             if info is None or tuple(info.shape) != tuple(shape):
                 raise UnsupportedFeatureError(
                     f"modules_to_save {module}.{param} has no tensor of shape {list(shape)} in base {base.path} (a head "

@@ -85,7 +85,7 @@ class LoraAdapter:
 
     # ---- sorting the header (no data read)
     def _sort_tensors(self) -> tuple[dict, dict, dict]:
-        saved_names = self.config.get("modules_to_save") or ()
+        saved_names = fmt.saved_module_names(self.config)
         pairs, saved, copies = {}, {}, {}
         for key in self.store.keys():
             role = fmt.parse_key(key, saved_names)
