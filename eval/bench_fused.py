@@ -6,7 +6,7 @@ adapters on every projection, then runs three routes, each in its own subprocess
 wall time and peak resident memory (VmHWM of that process, imports included) are its own:
 
   copy      shutil.copyfile of every file of the base: the disk floor
-  seedlora  seedlora.fused.fuse_adapters(..., method) streaming base + merged update
+  seedlora  seedlora.fuse_adapters(..., method) streaming base + merged update
   peft      transformers from_pretrained(bf16) + PeftModel, add_weighted_adapter(cat),
             merge_and_unload, save_pretrained with the same shard size
 
@@ -135,7 +135,7 @@ def route_copy(base: Path, adapters: list, out: Path, args) -> None:
 
 
 def route_seedlora(base: Path, adapters: list, out: Path, args) -> None:
-    from seedlora.fused import fuse_adapters
+    from seedlora import fuse_adapters
 
     fuse_adapters(adapters, base, out, method=args.method)
 
@@ -157,7 +157,7 @@ def route_peft(base: Path, adapters: list, out: Path, args) -> None:
 
 
 # imported before the clock starts: timings cover the work, not Python start-up
-PRELOAD = {"copy": (), "seedlora": ("torch", "seedlora.fused"), "peft": ("torch", "peft", "transformers")}
+PRELOAD = {"copy": (), "seedlora": ("torch", "seedlora"), "peft": ("torch", "peft", "transformers")}
 
 
 def run_child(args) -> None:
@@ -286,7 +286,7 @@ def verdicts(results: dict, largest: int) -> dict:
 
 def benchmark(args, work: Path) -> dict:
     """Write the model and adapters, run every route, print the table; returns the report."""
-    from seedlora.shard_writer import parse_size
+    from seedlora.sinks.shard_writer import parse_size
 
     params, weight_bytes, largest = write_base(work / "base", parse_count(args.params), parse_size(args.shard_size))
     _, shapes = llama_for(parse_count(args.params))

@@ -34,7 +34,7 @@ PREFIX = "base_model.model."
 SHAPES = {"self_attn.q_proj": "hh", "self_attn.k_proj": "hh", "self_attn.v_proj": "hh",
           "self_attn.o_proj": "hh", "mlp.gate_proj": "ih", "mlp.up_proj": "ih", "mlp.down_proj": "hi"}
 PRELOAD = ["torch", "safetensors.torch", "transformers", "transformers.models.llama.modeling_llama",
-           "peft", "peft.tuners.lora", "seedlora.merge", "seedlora.writers"]
+           "peft", "peft.tuners.lora", "seedlora.api", "seedlora.sinks.adapter_folder"]
 # key: (label, timed in every round, exact target of its output: "avg"/"seedlora"/None, job)
 METHODS = {
     "floor": ("read+write floor", True, None, ("floor",)),
@@ -117,7 +117,7 @@ def work_floor(spec: dict, out: Path) -> dict:
 
 def work_seedlora(spec: dict, out: Path, method: str, rank) -> dict:
     """merge_adapters end to end: open, read, merge, (truncate), write the folder."""
-    from seedlora.merge import merge_adapters
+    from seedlora import merge_adapters
 
     started = _clock()
     merge_adapters(spec["adapters"], out, method=method, rank=rank)

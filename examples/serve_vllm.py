@@ -27,7 +27,7 @@ def has_tokenizer(model_dir) -> bool:
 
 def max_lora_rank(adapter, base) -> int:
     """The --max-lora-rank to serve `adapter` with; stops on anything vLLM would refuse or mis-scale."""
-    from seedlora.vllm_compat import check_adapter
+    from seedlora.serving import check_adapter
 
     report = check_adapter(adapter, base=base)
     if report.problems:
@@ -83,7 +83,7 @@ def build_demo(work: Path) -> tuple:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import seedlora
-    from seedlora.fused import fuse_adapters
+    from seedlora import fuse_adapters
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

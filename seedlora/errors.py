@@ -9,16 +9,24 @@ class SeedLoraError(Exception):
     """Base class for every user-facing seedlora error."""
 
 
-class AdapterFormatError(SeedLoraError):
+class InputFormatError(SeedLoraError):
+    """An input file or folder is missing, corrupt, or holds values we cannot use."""
+
+
+class AdapterFormatError(InputFormatError):
     """An adapter folder is missing files, is corrupt, or holds values we cannot use."""
 
 
+class ModelFormatError(InputFormatError):
+    """A model folder is missing weights or files, or its shards disagree with its index."""
+
+
 class UnsupportedFeatureError(SeedLoraError):
-    """The input uses a PEFT feature seedlora does not merge (DoRA, lora bias, modules_to_save)."""
+    """The input uses a PEFT feature seedlora does not merge (see peft_format.FEATURES)."""
 
 
 class IncompatibleInputsError(SeedLoraError):
-    """Inputs disagree: different base shapes, target modules or tensor names."""
+    """Inputs disagree: different base shapes, layouts or tensor names."""
 
 
 class MethodError(SeedLoraError):
@@ -27,3 +35,7 @@ class MethodError(SeedLoraError):
 
 class OutputExistsError(SeedLoraError):
     """The output folder exists and is not empty, and overwrite was not asked for."""
+
+
+class UnsafeOutputError(SeedLoraError):
+    """The output would overwrite or sit inside an input or the base model."""

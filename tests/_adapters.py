@@ -87,3 +87,14 @@ def read_model_tensors(folder) -> dict:
         with safe_open(str(file), framework="pt") as handle:
             tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
     return tensors
+
+
+def merged_update(adapter_folders, module: str, method: str, params=None, seed: int = 0) -> torch.Tensor:
+    """The pipeline's merged update of one module (dense float32, out x in), for reference checks."""
+    from seedlora.lowrank import LowRank
+    from seedlora.pipeline import Merger, plan_merge
+    from seedlora.sources import open_inputs
+
+    plan = plan_merge(open_inputs(adapter_folders), method, None, params, seed)
+    weight = Merger(plan).module(module).weight
+    return weight.dense() if isinstance(weight, LowRank) else weight

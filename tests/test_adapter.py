@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _adapters import make_adapter, peft_deltas
-from seedlora.adapter import LoraAdapter
+from seedlora.sources import LoraAdapter
 from seedlora.errors import AdapterFormatError, UnsupportedFeatureError
 
 
@@ -97,9 +97,12 @@ def test_headers_are_read_without_loading_tensors(tmp_path, monkeypatch):
         (lambda f: (f / "adapter_config.json").write_text("{not json"), AdapterFormatError, "not valid JSON"),
         (lambda f: (f / "adapter_model.safetensors").unlink(), AdapterFormatError, "weights are missing"),
         (lambda f: _truncate(f / "adapter_model.safetensors"), AdapterFormatError, "truncated"),
-        (lambda f: _edit_config(f, use_dora=True), UnsupportedFeatureError, "DoRA"),
-        (lambda f: _edit_config(f, bias="all"), UnsupportedFeatureError, "bias"),
-        (lambda f: _edit_config(f, modules_to_save=["lm_head"]), UnsupportedFeatureError, "modules_to_save"),
+        (lambda f: _edit_config(f, use_dora=True), AdapterFormatError, "lacks lora_magnitude_vector though use_dora"),
+        (lambda f: _edit_config(f, lora_bias=False, bias="all"), UnsupportedFeatureError, "bias='all'.*retrain with bias='none'"),
+        (lambda f: _edit_config(f, trainable_token_indices=[1, 2]), UnsupportedFeatureError, "trainable tokens"),
+        (lambda f: _edit_config(f, target_parameters=["experts.w1"]), UnsupportedFeatureError, "target_parameters"),
+        (lambda f: _edit_config(f, init_lora_weights="pissa"), UnsupportedFeatureError, "path_initial_model_for_weight_conversion"),
+        (lambda f: _edit_config(f, target_modules=["q_proj", "v_proj", "k_proj"]), AdapterFormatError, "names 'k_proj'"),
         (lambda f: _edit_config(f, r=16), AdapterFormatError, "r=16"),
     ],
 )

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from _adapters import make_adapter, save_tiny_llama
 from seedlora.cli import main
 from seedlora.errors import MethodError
-from seedlora.vllm_compat import (
+from seedlora.serving import (
     ERROR, MIS_SCALE, VLLM_MAX_LORA_RANKS, WARNING, check_adapter, vllm_rank_bucket,
 )
 

@@ -21,9 +21,9 @@ from _adapters import read_model_tensors
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from seedlora.checkpoints import merge_checkpoints
+from seedlora import merge_checkpoints
 from seedlora.errors import IncompatibleInputsError, OutputExistsError, SeedLoraError
-from seedlora.hf_model import INDEX_NAME
+from seedlora.sources.model_folder import INDEX_NAME
 from seedlora.methods import get_method, method_names, split_stats
 from seedlora.rng import module_generator
 
@@ -175,6 +175,18 @@ def test_same_seed_same_bytes_and_loads(setup, tmp_path):
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "a"), dtype=torch.bfloat16)
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+
+
+def test_provenance_hashes_every_checkpoint_file_whole(setup, tmp_path):
+    import hashlib
+
+    base, checkpoints, _, _ = setup
+    merge_checkpoints(checkpoints, base, tmp_path / "out", method="linear")
+    record = json.loads((tmp_path / "out" / "seedlora_provenance.json").read_text())
+    for entry, folder in zip(record["inputs"], checkpoints):
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".json"))
+        assert entry["sha256"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    assert "not the weights" in record["base"]["hashed"]
 
 
 # ------------------------------------------------------------------ bad inputs

@@ -89,8 +89,6 @@ def make_variant(tmp_path, kind):
     "kind, message",
     [
         ("other_base", "must share one base model"),
-        ("disjoint", "disjoint modules"),
-        ("partial", "different modules (only in"),
         ("missing_weights", "weights are missing"),
         ("corrupt", "not a readable safetensors file"),
         ("nan", "contains NaN or Inf"),
@@ -116,7 +114,7 @@ def test_bad_input_adapter_fails_cleanly(adapters, tmp_path, capsys, kind, messa
         (["-m", "ties", "--density", "0"], "must be in (0, 1]"),
         (["-m", "ties", "--density", "1.5"], "must be in (0, 1]"),
         (["-m", "selection", "--resample", "-1"], "must be >= 0"),
-        (["-m", "linear", "--weights", "1", "2"], "got 2 weights for 3 inputs"),
+        (["-m", "linear", "--weights", "1,2"], "got 2 weights for 3 inputs"),
         (["-m", "linear", "--rank", "0"], "--rank must be a positive integer"),
     ],
 )
@@ -124,6 +122,20 @@ def test_bad_method_options_fail_before_any_output(adapters, tmp_path, capsys, a
     code, _, err = run_cli(capsys, "merge", *adapters, *args, "-o", str(tmp_path / "out"))
     assert code != 0 and message in err and err.startswith("error: ")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["disjoint", "partial"])
+def test_differing_target_sets_merge_with_a_warning_or_fail_with_strict(adapters, tmp_path, capsys, kind):
+    other = make_variant(tmp_path, kind)
+    code, out, err = run_cli(capsys, "merge", adapters[0], str(other), "-o", str(tmp_path / "out"))
+    assert code == 0 and "warning: " in err and "not adapted by every input" in err and "zero updates" in err
+    code, _, err = run_cli(capsys, "merge", adapters[0], str(other), "-o", str(tmp_path / "strict"), "--strict")
+    assert code != 0 and err.startswith("error: ") and "--strict" in err and not (tmp_path / "strict").exists()
+
+
+def test_space_separated_weights_get_a_clear_error(adapters, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "merge", "--weights", "0.5", "0.3", "0.2", *adapters, "-o", str(tmp_path / "out"))
+    assert code != 0 and "comma-separated" in err and not (tmp_path / "out").exists()
 
 
 def test_existing_output_is_never_overwritten_unless_asked(adapters, tmp_path, capsys):

@@ -11,7 +11,7 @@ import torch
 
 from _adapters import make_adapter, peft_deltas
 from seedlora.cli import build_parser, main
-from seedlora.commands.methods import markdown
+from seedlora.cli.methods import markdown
 from seedlora.methods import METHODS
 from seedlora.methods.cli_params import flag_name
 
@@ -45,7 +45,7 @@ def test_every_parameter_of_every_method_is_a_flag():
 def test_model_stock_prints_and_records_t_per_module_and_is_exact(adapters, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "merge", *adapters, "-m", "model_stock", "-o", tmp_path / "m")
     assert code == 0 and "rank 10" in out and "exact: no truncation" in out
-    line = re.search(r"t per module: min ([\d.]+), median ([\d.]+), max ([\d.]+) \(4 modules\)", out)
+    line = re.search(r"t per module: min ([\d.]+), median ([\d.]+), max ([\d.]+)", out)
     assert line and "cos per module: min" in out
     report = json.loads((tmp_path / "m" / "merge_report.json").read_text())
     inputs = [peft_deltas(a) for a in adapters]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _adapters import read_model_tensors
+from _adapters import merged_update, read_model_tensors
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import merge_utils
 from safetensors import safe_open
@@ -27,11 +27,11 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from _tiny import make_tiny_tokenizer
 from seedlora.errors import IncompatibleInputsError, OutputExistsError, SeedLoraError
-from seedlora.fused import PROVENANCE_NAME, fuse_adapters
-from seedlora.hf_model import INDEX_NAME, ModelFolder, is_model_folder
-from seedlora.merge import merge_module, open_adapters, resolve_method
+from seedlora import fuse_adapters
+from seedlora.sinks.adapter_folder import PROVENANCE_NAME
+from seedlora.sources.model_folder import INDEX_NAME, ModelFolder, is_model_folder
 from seedlora.methods import get_method, method_names
-from seedlora.shard_writer import parse_size
+from seedlora.sinks.shard_writer import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "v_proj", "down_proj", "embed_tokens"]  # embed_tokens: a transposed update
@@ -130,17 +130,16 @@ def test_fused_weights_are_base_plus_merged_update(setup, tmp_path, method):
     report = fuse_adapters(adapter_dirs, base, tmp_path / "out", method=method, params=params, seed=7)
     fused, original = read_model_tensors(tmp_path / "out"), read_model_tensors(base)
     updates = [adapter_updates(a) for a in adapter_dirs]
-    adapters = open_adapters(adapter_dirs)
-    entry, resolved, weights = resolve_method(method, params, None, len(adapters))
-    assert set(fused) == set(original) and report.updated == len(updates[0]) == 4 * 2 - 1  # one embed_tokens
+    low_rank = get_method(method).low_rank
+    assert set(fused) == set(original) and report.tensors_merged == len(updates[0]) == 4 * 2 - 1  # one embed_tokens
     for key in updates[0]:
         W, deltas = original[key], [u[key] for u in updates]
         # 1) the adapter path's update (same masks for random methods): exact for dense methods;
         #    low-rank ones compute B[rows] @ A block by block, equal to float32 rounding
         module = key.removesuffix(".weight")
-        tau = merge_module(adapters, module, entry, weights, resolved, 7, dense=True)
+        tau = merged_update(adapter_dirs, module, method, params, seed=7)
         tau = tau.T if module.endswith("embed_tokens") else tau
-        if entry.low_rank:
+        if low_rank:
             torch.testing.assert_close(fused[key], W + tau, rtol=1e-6, atol=1e-7, msg=key)
         else:
             assert torch.equal(fused[key], (W + tau).to(W.dtype)), key
@@ -206,9 +205,7 @@ def test_bfloat16_base_is_cast_back(tmp_path, setup):
     base = save_tiny_base(tmp_path / "base16", dtype=torch.bfloat16)
     fuse_adapters(adapter_dirs, base, tmp_path / "out", method="dare_linear", seed=3)
     fused, original = read_model_tensors(tmp_path / "out"), read_model_tensors(base)
-    adapters = open_adapters(adapter_dirs)
-    entry, resolved, weights = resolve_method("dare_linear", None, None, 3)
-    tau = merge_module(adapters, "model.layers.1.mlp.down_proj", entry, weights, resolved, 3, dense=True)
+    tau = merged_update(adapter_dirs, "model.layers.1.mlp.down_proj", "dare_linear", seed=3)
     W = original["model.layers.1.mlp.down_proj.weight"]
     assert fused["model.layers.1.mlp.down_proj.weight"].dtype == torch.bfloat16
     assert torch.equal(fused["model.layers.1.mlp.down_proj.weight"], (W.float() + tau).to(torch.bfloat16))
@@ -334,7 +331,7 @@ def _write_adapter(folder: Path, base: ModelFolder, rank: int, seed: int) -> Non
 _MEASURE = textwrap.dedent("""
     import gc, json, sys, time
     import tqdm.auto, torch
-    from seedlora.fused import fuse_adapters
+    from seedlora import fuse_adapters
 
     def status(field):
         for line in open("/proc/self/status"):

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
         import os; os.makedirs(folder)
         save_file(state, f"{folder}/adapter_model.safetensors")
         json.dump({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["up_proj"]}, open(f"{folder}/adapter_config.json", "w"))
-    import peft, tqdm.auto, seedlora.writers  # imports count as baseline, not as merge memory
+    import peft, tqdm.auto, seedlora.sinks.adapter_folder  # imports count as baseline, not as merge memory
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     merge_adapters([f"{root}/a{i}" for i in range(3)], f"{root}/out", method=method)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

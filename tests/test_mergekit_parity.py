@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from _adapters import make_adapter, read_model_tensors, save_tiny_llama, tiny_llama
 from _mergekit import MergekitUnavailable, mergekit_python, run_mergekit
-from seedlora.fused import fuse_adapters
+from seedlora import fuse_adapters
 from seedlora.methods.masking import masked
 
 RANKS, SHARED = (4, 6, 10), 2

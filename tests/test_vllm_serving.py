@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from seedlora.cli import main
-from seedlora.vllm_compat import VLLM_MAX_LORA_RANKS, check_adapter
+from seedlora.serving import VLLM_MAX_LORA_RANKS, check_adapter
 
 pytestmark = [
     pytest.mark.vllm,

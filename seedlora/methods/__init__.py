@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import MethodError
-from .base import MergeMethod, Param, split_stats, stats_summary, suggestion
+from .base import MergeMethod, Param, split_stats, suggestion
 from .breadcrumbs import BREADCRUMBS, BREADCRUMBS_TIES
 from .dare import DARE_LINEAR, DARE_TIES
 from .della import DELLA, DELLA_LINEAR
@@ -62,4 +62,4 @@ def get_method(name: str) -> MergeMethod:
     )
 
 
-__all__ = ["METHODS", "MergeMethod", "Param", "get_method", "method_names", "split_stats", "stats_summary"]
+__all__ = ["METHODS", "MergeMethod", "Param", "get_method", "method_names", "split_stats"]

@@ -11,7 +11,6 @@ per-module scalars (Model Stock's t, ...) that reach the merge report; callers u
 from __future__ import annotations
 
 import difflib
-import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -32,15 +31,6 @@ def split_stats(output) -> tuple[Any, dict]:
     if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], dict):
         return output[0], {str(k): float(v) for k, v in output[1].items()}
     return output, {}
-
-
-def stats_summary(per_module: list) -> dict:
-    """{stat: (min, median, max)} over the modules' stats dicts (modules without a stat skipped)."""
-    values: dict = {}
-    for stats in per_module:
-        for name, value in (stats or {}).items():
-            values.setdefault(name, []).append(float(value))
-    return {name: (min(v), statistics.median(v), max(v)) for name, v in values.items()}
 
 
 def suggestion(name: str, choices) -> str:

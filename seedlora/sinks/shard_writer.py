@@ -21,8 +21,9 @@ from typing import Iterable, Optional, Union
 
 import torch
 
-from .errors import SeedLoraError
-from .hf_model import DTYPE_SIZES, INDEX_NAME, WEIGHTS_NAME
+from ..errors import SeedLoraError
+from ..safetensors_io import DTYPES
+from ..sources.model_folder import INDEX_NAME, WEIGHTS_NAME
 
 CHUNK_BYTES = 64 << 20  # largest single kernel copy (copy_file_range) of an untouched tensor
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
@@ -40,7 +41,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return DTYPE_SIZES[self.dtype] * _numel(self.shape)
+        return DTYPES[self.dtype][1] * _numel(self.shape)
 
 
 def _numel(shape: tuple) -> int:

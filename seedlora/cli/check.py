@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from ..vllm_compat import check_adapter
+    from ..serving import check_adapter
 
     report = check_adapter(args.adapter, base=args.base)
     for finding in report.findings:

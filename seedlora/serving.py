@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .adapter import BIN_NAME, CONFIG_NAME, KEY_PREFIX, SAFETENSORS_NAME, pattern_value, read_safetensors_header
-from .adapter import _read_config as _adapter_config
-from .errors import MethodError, SeedLoraError
-
-# vLLM's LoRAConfig.max_lora_rank is Literal[...] of exactly these (vllm/config/lora.py:26)
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+from . import peft_format as fmt
+from .errors import SeedLoraError
+from .peft_format import BIN_NAME, CONFIG_NAME, KEY_PREFIX, pattern_value
+from .peft_format import WEIGHTS_NAME as SAFETENSORS_NAME
+from .pipeline.rank import VLLM_MAX_LORA_RANKS, vllm_rank_bucket
+from .safetensors_io import read_header
+from .sources.adapter_folder import read_config
 ERROR, MIS_SCALE, WARNING = "error", "mis-scale", "warning"
 REMERGE = "re-merge with `seedlora merge ... --vllm`"
 # string init_lora_weights that still load as plain LoRA in vLLM (peft_helper.py:89-100)
@@ -32,12 +33,6 @@ _REFUSED = {
     "alora_invocation_tokens": "Activated LoRA (alora_invocation_tokens)",
     "use_bdlora": "block-diagonal LoRA (use_bdlora)", "use_qalora": "QALoRA (use_qalora)",
 }
-# the only tensor names vLLM parses (utils.py:167-220) and PEFT saves for plain LoRA
-_FACTOR = re.compile(
-    r"^(?P<prefix>base_model\.model\.)?(?P<module>.+)\.(?:lora_(?P<ab>[AB])\.weight|lora_embedding_(?P<eab>[AB]))$"
-)
-
-
 @dataclass(frozen=True)
 class Finding:
     """One reason an adapter is refused ("error"), loads with a different update ("mis-scale"),
@@ -64,18 +59,6 @@ class CheckReport:
         return tuple(f for f in self.findings if f.severity in (ERROR, MIS_SCALE))
 
 
-def vllm_rank_bucket(rank: int) -> int:
-    """The smallest --max-lora-rank vLLM accepts that holds `rank` (vLLM zero-pads, exactly)."""
-    if rank < 1:
-        raise MethodError(f"LoRA rank must be positive, got {rank}")
-    for bucket in VLLM_MAX_LORA_RANKS:
-        if rank <= bucket:
-            return bucket
-    raise MethodError(
-        f"rank {rank} is above vLLM's largest --max-lora-rank 512; re-merge with `seedlora merge ... --vllm --rank 512`"
-    )
-
-
 def check_adapter(path, base=None) -> CheckReport:
     """Every reason vLLM or PEFT would refuse or mis-scale the adapter at `path`.
 
@@ -92,7 +75,7 @@ def check_adapter(path, base=None) -> CheckReport:
     weights_file, shapes, file_findings = _weight_shapes(path)
     if config is not None:
         findings += _config_findings(config, path / CONFIG_NAME, shapes or {})
-    modules, more = _modules(weights_file, shapes or {})
+    modules, more = _modules(weights_file, shapes or {}, (config or {}).get("modules_to_save") or ())
     findings += file_findings + more
     if config is not None:
         findings += _rank_findings(config, modules, weights_file) + _target_findings(config, modules, path / CONFIG_NAME)
@@ -111,7 +94,7 @@ def check_adapter(path, base=None) -> CheckReport:
 def _read_config(path: Path) -> tuple:
     """(config dict or None, findings), with adapter.py's checks and messages."""
     try:
-        return _adapter_config(path), []
+        return read_config(path), []
     except SeedLoraError as exc:
         return None, [Finding(ERROR, str(exc))]
 
@@ -128,10 +111,10 @@ def _weight_shapes(path: Path) -> tuple:
         return None, None, findings + [Finding(ERROR, f"{path}: no {SAFETENSORS_NAME}; the adapter weights are missing")]
     if chosen == st_file:
         try:
-            header = read_safetensors_header(st_file)
+            infos, _ = read_header(st_file)
         except SeedLoraError as exc:
             return st_file, None, findings + [Finding(ERROR, str(exc))]
-        return st_file, {k: tuple(v["shape"]) for k, v in header.items()}, findings
+        return st_file, {k: tuple(v.shape) for k, v in infos.items()}, findings
     findings.append(Finding(WARNING, f"{chosen}: pickle weights load in PEFT and vLLM, but {SAFETENSORS_NAME} is safer and what seedlora writes; convert with safetensors.torch.save_file"))
     try:
         import torch
@@ -142,18 +125,17 @@ def _weight_shapes(path: Path) -> tuple:
         return chosen, None, findings + [Finding(ERROR, f"{chosen}: cannot be loaded safely ({exc}); re-save as safetensors")]
 
 
-def _modules(weights_file: Optional[Path], shapes: dict) -> tuple:
-    """({module: {"rank", "A", "B", "embedding"}}, findings) from tensor names and shapes."""
+def _modules(weights_file: Optional[Path], shapes: dict, saved_names) -> tuple:
+    """({module: {"rank", "A", "B", "embedding"}}, findings) from tensor names (peft_format's grammar) and shapes."""
     pairs, others, bare, findings = {}, [], [], []
     for key, shape in shapes.items():
-        match = _FACTOR.match(key)
-        if match is None:
-            others.append(key)
+        role = fmt.parse_key(key, saved_names)
+        if role is None or role.role not in ("A", "B") or role.adapter:
+            others.append((key, role))
             continue
-        if not match["prefix"]:
+        if not key.startswith(KEY_PREFIX):
             bare.append(key)
-        entry = pairs.setdefault(match["module"], {"embedding": bool(match["eab"])})
-        entry[match["ab"] or match["eab"]] = shape
+        pairs.setdefault(role.module, {"embedding": role.embedding})[role.role] = shape
     findings += _odd_key_findings(weights_file, others)
     if bare:
         findings.append(Finding(MIS_SCALE, f"{weights_file}: {len(bare)} tensors lack the {KEY_PREFIX} prefix (e.g. {bare[0]}); PEFT loads none of them (zero update) while vLLM applies them; rename them to {KEY_PREFIX}<module>..."))
@@ -171,21 +153,25 @@ def _modules(weights_file: Optional[Path], shapes: dict) -> tuple:
     return modules, findings
 
 
+# what vLLM does with each kind of tensor that is not a plain LoRA factor: (severity, what, fix)
+_ODD_KINDS = {
+    "base_copy": (WARNING, "full embedding weights (PEFT save_embedding_layers)", "vLLM ignores them, so a resized or trained vocabulary is served as the base's: save with save_embedding_layers=False if unchanged"),
+    "magnitude": (ERROR, "DoRA magnitudes", "vLLM refuses them: retrain without DoRA, or serve the model fused (`seedlora merge ... --fuse --base BASE`)"),
+    "bias": (ERROR, "LoRA biases", "vLLM refuses them: retrain with lora_bias=False, or serve the model fused"),
+    "named": (ERROR, "factors with an adapter name or odd suffix", "vLLM refuses them: rename to <module>.lora_A.weight / .lora_B.weight"),
+    "saved": (ERROR, "modules_to_save weights", "vLLM refuses them (it accepts only classifier/score heads): serve the model fused, or retrain without them"),
+    None: (ERROR, "full weights (trainable tokens or unknown tensors)", "vLLM refuses them: retrain without them"),
+}
+
+
 def _odd_key_findings(weights_file: Optional[Path], keys: list) -> list:
     """One finding per kind of tensor that is not a LoRA factor (vLLM raises on most)."""
     kinds: dict = {}
-    for key in keys:
-        if key.endswith((".embed_tokens.base_layer.weight", ".lm_head.base_layer.weight")):
-            kind = (WARNING, "full embedding weights (PEFT save_embedding_layers)", "vLLM ignores them, so a resized or trained vocabulary is served as the base's: save with save_embedding_layers=False if unchanged")
-        elif "lora_magnitude_vector" in key:
-            kind = (ERROR, "DoRA magnitudes", "vLLM refuses them: retrain without DoRA")
-        elif key.endswith(".bias"):
-            kind = (ERROR, "biases", "vLLM refuses them: retrain with bias='none' and lora_bias=False")
-        elif re.search(r"\.lora_(embedding_)?[AB]\.", key):
-            kind = (ERROR, "factors with an adapter name or odd suffix", "vLLM refuses them: rename to <module>.lora_A.weight / .lora_B.weight")
-        else:
-            kind = (ERROR, "full weights (modules_to_save or trainable tokens)", "vLLM refuses them: retrain without them")
-        kinds.setdefault(kind, []).append(key)
+    for key, role in keys:
+        kind = None if role is None else "named" if role.role in ("A", "B") else role.role
+        if kind == "saved" and role.module.rsplit(".", 1)[-1] in ("classifier", "score"):
+            continue  # vLLM serves classification heads
+        kinds.setdefault(_ODD_KINDS[kind], []).append(key)
     return [
         Finding(severity, f"{weights_file}: {len(found)} tensors are {what} (e.g. {found[0]}); {fix}")
         for (severity, what, fix), found in kinds.items()
@@ -248,22 +234,9 @@ def _rank_findings(config: dict, modules: dict, weights_file: Optional[Path]) ->
     return [Finding(ERROR, f"{weights_file}: {len(wrong)} modules have a rank adapter_config.json does not declare (e.g. {name}: rank {rank}, config {declared}); PEFT fails (size mismatch), vLLM scales it by lora_alpha/{declared}: fix r/rank_pattern or {REMERGE}")]
 
 
-def _targeted(target, module: str) -> bool:
-    """PEFT's rule: a string is a full regex match; a list matches names or dotted suffixes."""
-    if target is None or target == "all-linear":
-        return True
-    if isinstance(target, str):
-        return re.fullmatch(target, module) is not None
-    return any(module == t or module.endswith("." + t) for t in target)
-
-
 def _target_findings(config: dict, modules: dict, where: Path) -> list:
     """Modules with factors that PEFT would not wrap (it drops them; vLLM applies them)."""
-    excluded = config.get("exclude_modules")
-    untargeted = [
-        m for m in modules
-        if not _targeted(config.get("target_modules"), m) or (excluded and _targeted(excluded, m))
-    ]
+    untargeted = [m for m in modules if not fmt.targets(config, m)]
     if not untargeted:
         return []
     return [Finding(MIS_SCALE, f"{where}: {len(untargeted)} modules with factors are not in target_modules/are excluded (e.g. {untargeted[0]}); PEFT drops them while vLLM applies them (or refuses an unknown module name): add them to target_modules")]
@@ -271,27 +244,22 @@ def _target_findings(config: dict, modules: dict, where: Path) -> list:
 
 def _base_findings(modules: dict, config: dict, base: Path, weights_file: Optional[Path]) -> list:
     """Each module needs a base weight `<module>.weight` whose shape fits B @ A."""
-    from .hf_model import ModelFolder
+    from .sources.model_folder import ModelFolder
 
     try:
         folder = ModelFolder.open(base)
     except SeedLoraError as exc:
         return [Finding(ERROR, f"--base: {exc}")]
-    tied = bool((folder.config or {}).get("tie_word_embeddings"))
-    embed = next((n for n in folder.tensors if n.endswith("embed_tokens.weight")), None)
     missing, wrong = [], []
     for name, module in modules.items():
-        tensor = folder.tensors.get(f"{name}.weight")
-        if tensor is None and tied and name.endswith("lm_head") and embed:
-            tensor = folder.tensors[embed]
+        tensor = folder.weight(f"{name}.weight")  # a tied output head resolves to the embedding
         if tensor is None:
             missing.append(name)
             continue
-        expected = (module["B"][0], module["A"][1])  # out x in of the update
-        if module["embedding"] or config.get("fan_in_fan_out"):
-            expected = expected[::-1]
-        if tuple(tensor.shape) != expected:
-            wrong.append(f"{name}: update {list(expected)} vs base {list(tensor.shape)}")
+        update = (module["B"][0], module["A"][1])  # out x in of the update
+        fits = {update[::-1]} if module["embedding"] else {update, update[::-1]} if config.get("fan_in_fan_out") else {update}
+        if tuple(tensor.shape) not in fits:
+            wrong.append(f"{name}: update {list(update)} vs base {list(tensor.shape)}")
     found = []
     if missing:
         found.append(Finding(MIS_SCALE, f"{weights_file}: {len(missing)} modules have no weight in {base} (e.g. no {missing[0]}.weight); PEFT skips them silently, vLLM too (or refuses an unknown module name): the adapter was made for another model or its key names are wrong"))

@@ -1,7 +1,7 @@
 """The `seedlora` command: argparse subcommands that wrap plain library functions.
 
 The only place that configures logging, prints errors and exits. Each subcommand is a module
-in seedlora/commands/ with HELP, add_arguments(parser) and run(args); they are imported
+in seedlora/cli/ with HELP, add_arguments(parser) and run(args); they are imported
 lazily, so `seedlora methods` does not pay for importing training code.
 """
 
@@ -13,9 +13,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from .errors import SeedLoraError
+from ..errors import SeedLoraError
 
-# (subcommand, module under seedlora.commands): an explicit list, in help order
+# (subcommand, module under seedlora.cli): an explicit list, in help order
 COMMANDS = (
     ("merge", "merge"),
     ("methods", "methods"),
@@ -27,7 +27,7 @@ COMMANDS = (
 
 
 def _command_module(module: str):
-    return importlib.import_module(f"seedlora.commands.{module}")
+    return importlib.import_module(f"seedlora.cli.{module}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from .provenance import package_version
+    from ..sources.identity import package_version
 
     return package_version("seedlora")
 

@@ -14,15 +14,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from ..inspection import describe_adapter, pairwise_cosine
-    from ..merge import open_adapters, validate_compatible
+    from ..analysis.inspect import describe_adapter, pairwise_cosine, shared_modules
+    from ..sources import LoraAdapter
 
-    adapters = open_adapters(args.adapters)
+    adapters = [LoraAdapter.open(path) for path in args.adapters]
     for adapter in adapters:
         print(describe_adapter(adapter))
     if len(adapters) < 2:
         return
-    names = validate_compatible(adapters)
+    names = shared_modules(adapters)
     table = pairwise_cosine(adapters, names)
     print("\ncosine similarity of updates (mean over modules, min..max):")
     for (i, j) in itertools.combinations(range(len(adapters)), 2):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from . import lowrank
-from .adapter import LoraAdapter
+from .. import lowrank
+from ..sources import LoraAdapter
 
 
 def describe_adapter(adapter: LoraAdapter) -> str:
@@ -26,6 +26,17 @@ def describe_adapter(adapter: LoraAdapter) -> str:
             f"  dtype: {', '.join(sorted(adapter.dtypes))}; {params:,} parameters; {size / 1e6:.2f} MB ({adapter.weights_file.name})",
         ]
     )
+
+
+def shared_modules(adapters) -> list:
+    """Modules every adapter adapts with the same update shape (the ones whose updates compare)."""
+    from ..errors import IncompatibleInputsError
+
+    names = sorted(set.intersection(*(set(a.modules) for a in adapters)))
+    names = [n for n in names if len({a.modules[n].shape for a in adapters}) == 1]
+    if not names:
+        raise IncompatibleInputsError("the adapters share no module of one shape; nothing to compare")
+    return names
 
 
 def pairwise_cosine(adapters, names) -> dict:

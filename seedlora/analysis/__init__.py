@@ -1,0 +1,1 @@
+"""Looking at adapters rather than merging them: describe them, compare their updates."""

@@ -1,1 +1,0 @@
-"""CLI subcommands: each module has HELP, add_arguments(parser) and run(args)."""
