@@ -278,3 +278,12 @@ def test_svd_methods_on_zero_or_repeated_inputs_stay_finite_and_exact(name):
     zero = [LowRank(B=torch.zeros(24, 3), A=terms[0].A), LowRank(B=torch.zeros(24, 4), A=terms[1].A)]
     merged, _ = factors_result(name, zero)
     assert float(merged.dense().abs().max()) == 0.0
+
+
+def test_multislerp_of_unchanged_tensors_is_zero_and_of_balanced_antipodes_an_error():
+    zeros = [torch.zeros(6, 5) for _ in range(3)]
+    assert float(deltas_result("multislerp", zeros)[0].abs().max()) == 0.0  # mergekit raises here
+    a = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    from seedlora.errors import MethodError
+    with pytest.raises(MethodError, match="weighted mean of the unit updates is zero"):
+        deltas_result("multislerp", [a, -a, a, -a])

@@ -19,7 +19,8 @@ m = Σ w_i u_i, direction μ = m/‖m‖, tangent vectors u_i − ⟨u_i, μ⟩�
 result (cos‖v‖'·μ + sin‖v‖'/‖v‖'·v)·Σ w_i‖τ_i‖ with ‖v‖' = ‖v‖ + ε. (The weighted tangent mean
 v vanishes identically, so this is the normalised weighted mean direction rescaled to the
 weighted mean norm.) K = 1 returns the input; ‖m‖ < ε falls back to w_1τ_1 + w_2τ_2 for K = 2
-and is an error otherwise, as in mergekit.
+and is an error otherwise, as in mergekit — except when every update is zero (a tensor no input
+changed, common in checkpoint merges), which gives a zero update where mergekit raises.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def multislerp_coefficients(gram: torch.Tensor, weights: torch.Tensor, params: d
     if params["normalize_weights"]:
         w = w / w.sum()
     norms = gram.diagonal().clamp(min=0.0).sqrt()
+    if float(norms.max()) == 0.0:  # no input changed this tensor: no update (mergekit raises here)
+        return [0.0] * k
     unit = torch.diag(1.0 / (norms + eps))  # column i: u_i in terms of the τ's
     mean = unit @ w
     mean_norm = math.sqrt(max(float(mean @ gram @ mean), 0.0))
