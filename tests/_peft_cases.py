@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config,
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification)
 
 
 @dataclass
@@ -35,16 +36,29 @@ def gpt2_config() -> GPT2Config:
     return GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64, n_positions=32)
 
 
+def seq_cls_config() -> LlamaConfig:
+    """A tiny Llama with a 3-label classification head (`score`), as sequence-classification fine-tunes use."""
+    config = llama_config()
+    config.num_labels, config.pad_token_id, config.architectures = 3, 0, ["LlamaForSequenceClassification"]
+    return config
+
+
 def save_base(folder: Path, config) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = (GPT2LMHeadModel if isinstance(config, GPT2Config) else LlamaForCausalLM)(config)
+        if isinstance(config, GPT2Config):
+            model = GPT2LMHeadModel(config)
+        elif config.architectures == ["LlamaForSequenceClassification"]:
+            model = LlamaForSequenceClassification(config)
+        else:
+            model = LlamaForCausalLM(config)
     model.save_pretrained(str(folder))
     return folder
 
 
 def load_base(folder: Path):
-    return AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    classifier = (AutoConfig.from_pretrained(str(folder)).architectures or [""])[0].endswith("ForSequenceClassification")
+    return (AutoModelForSequenceClassification if classifier else AutoModelForCausalLM).from_pretrained(str(folder)).eval()
 
 
 def make_peft_adapter(base: Path, folder: Path, seed: int, adapter_name: str = "default",

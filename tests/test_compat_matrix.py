@@ -15,7 +15,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from _peft_cases import base_tensors, build_case, gpt2_config, layer_effects, llama_config, load_base, peft_effects
+from _peft_cases import (base_tensors, build_case, gpt2_config, layer_effects, llama_config, load_base, peft_effects,
+                         seq_cls_config)
 from seedlora import fuse_adapters, merge_adapters, merge_peft_adapters
 from seedlora.errors import UnsupportedFeatureError
 from seedlora.sources.adapter_folder import adapter_folder
@@ -36,6 +37,7 @@ CASES = {
     "tied_saved_embedding_ensure_tying": (llama_config(tied=True), [
         dict(target_modules=["q_proj"], modules_to_save=["embed_tokens"], ensure_weight_tying=True),
         dict(target_modules=["q_proj"], modules_to_save=["embed_tokens"], ensure_weight_tying=True)]),
+    "seq_cls_score_head": (seq_cls_config(), [dict(target_modules=QV, task_type="SEQ_CLS"), dict(target_modules=QV, task_type="SEQ_CLS", r=2)]),
     "gpt2_conv1d": (gpt2_config(), [dict(target_modules=["c_attn", "c_proj"], fan_in_fan_out=True), dict(target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, r=2)]),
     "patterns_rslora_dtypes": (llama_config(), [
         dict(target_modules=[*QV, "down_proj"], rank_pattern={"v_proj": 2}, alpha_pattern={"down_proj": 3}, use_rslora=True),
@@ -131,7 +133,8 @@ def test_adapter_output_loads_in_peft_as_the_merged_update(cases, tmp_path, case
     expected = expected_effects(input_effects(case), method, base)
     out = tmp_path / "out"
     extra = needs_rank(case)
-    if case_name == "dora" or (any(spec.get("modules_to_save") for spec in case.specs) and method != "linear"):
+    saves_modules = any(spec.get("modules_to_save") or spec.get("task_type") == "SEQ_CLS" for spec in case.specs)
+    if case_name == "dora" or (saves_modules and method != "linear"):
         extra["base"] = case.base  # DoRA updates and delta-merged modules_to_save need the base weights
     report = merge_adapters(case.adapters, out, method=method, **extra)
     assert_effects_match(peft_effects(case.base, out), expected, f"{case_name}/{method}/adapter")
