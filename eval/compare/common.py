@@ -82,10 +82,10 @@ def seedlora_merge(*args) -> list:
     return [sys.executable, "-m", "seedlora", "merge", *map(str, args)]
 
 
-def mergekit_config(path: Path, method: str, base: Path, models: list, parameters: dict,
+def mergekit_config(path: Path, method: str, base: Path | None, models: list, parameters: dict,
                     options: dict | None = None) -> Path:
     """A mergekit-yaml config (JSON is YAML): one entry per fused input, same parameters each."""
-    config = {"merge_method": method, "base_model": str(base),
+    config = {"merge_method": method, **({"base_model": str(base)} if base else {}),
               "models": [{"model": str(m), "parameters": dict(parameters)} for m in models],
               **(options or {})}
     path.parent.mkdir(parents=True, exist_ok=True)

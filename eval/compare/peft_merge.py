@@ -40,6 +40,15 @@ def add_weighted(model, k: int, combination: str, weights: list, name: str = "me
     return time.perf_counter() - started
 
 
+def seedlora_in_peft(model, k: int, method: str, name: str, **options) -> float:
+    """seedlora.merge_peft_adapters on the same PeftModel (public API); its wall seconds."""
+    from seedlora import merge_peft_adapters
+
+    started = time.perf_counter()
+    merge_peft_adapters(model, [f"a{i}" for i in range(k)], name, method=method, **options)
+    return time.perf_counter() - started
+
+
 def merged_deltas(model, names: list):
     """(module name, {adapter name: update}) per LoRA layer, as PEFT computes them (float32)."""
     from peft.tuners.lora import LoraLayer
