@@ -4,8 +4,10 @@ mergekit pins transformers/peft ranges of its own and pulls datasets, pydantic, 
 installing it into seedlora's environment could move our pins, so it lives in a separate venv
 (default ~/.cache/seedlora/mergekit-venv, or $SEEDLORA_MERGEKIT_VENV). torch==2.13.0 is
 installed first so that pip keeps the CPU wheel on disk instead of fetching a multi-GB CUDA
-build for mergekit's bare `torch>=2.0.0`; mergekit's other requirements (all ranges, no exact
-pins in 0.1.5) are resolved by pip as usual. A venv is ready only once its stamp file exists
+build for mergekit's bare `torch>=2.0.0`. mergekit 0.1.5 pins nothing exactly (ranges only:
+transformers>=5,<6, peft>=0.18, ...), so no --no-deps work-around is needed; the packages that
+decide its numbers are pinned to what pip resolved when the README figures were measured (PINS),
+the rest (datasets, pydantic, scipy, ...) resolved by pip. A venv is ready only once its stamp file exists
 (written last), so an interrupted build is detected and rebuilt; a file lock stops two
 processes from building the same venv at once.
 
@@ -27,6 +29,8 @@ from pathlib import Path
 
 MERGEKIT_VERSION = "0.1.5"
 TORCH_VERSION = "2.13.0"
+# what pip resolved for mergekit 0.1.5 on 2026-12-04, pinned so the comparisons reproduce
+PINS = ("transformers==5.25.0", "peft==0.21.2", "accelerate==1.16.0", "safetensors==0.8.0")
 STAMP = "seedlora-mergekit.json"
 REPORTED = ("mergekit", "torch", "transformers", "peft", "safetensors", "accelerate")
 
@@ -78,7 +82,9 @@ def find_mergekit(venv: Path | None = None) -> MergekitEnv | None:
         stamp = json.loads((venv / STAMP).read_text())
     except (OSError, ValueError):
         return None
-    if stamp.get("mergekit") != MERGEKIT_VERSION or not (venv / "bin" / "mergekit-yaml").exists():
+    pinned = dict(pin.split("==") for pin in PINS)
+    if (stamp.get("mergekit") != MERGEKIT_VERSION or any(stamp.get(k) != v for k, v in pinned.items())
+            or not (venv / "bin" / "mergekit-yaml").exists()):
         return None
     return MergekitEnv(venv, stamp)
 
@@ -108,7 +114,7 @@ def _build(venv: Path, log) -> MergekitEnv:
     if done.returncode != 0:
         raise MergekitUnavailable(f"python -m venv {venv} failed: {done.stderr.strip()[-200:]}")
     _pip(venv, f"torch=={TORCH_VERSION}", log=log)
-    _pip(venv, f"mergekit=={MERGEKIT_VERSION}", f"torch=={TORCH_VERSION}", log=log)
+    _pip(venv, f"mergekit=={MERGEKIT_VERSION}", f"torch=={TORCH_VERSION}", *PINS, log=log)
     versions = _installed_versions(venv)
     (venv / STAMP).write_text(json.dumps(versions, indent=1, sort_keys=True))
     return MergekitEnv(venv, versions)
