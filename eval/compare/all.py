@@ -30,7 +30,7 @@ CLAIMS = [
 
 
 def run_claim(module: str, options: list, logs: Path) -> list:
-    """Run one claim script, echo its output, return its FIGURE lines."""
+    """Run one claim script, echo its output, return its FIGURE lines (or one FAILED line)."""
     command = [sys.executable, "-m", f"eval.compare.{module}", *options]
     print("$ " + " ".join(["python", *command[1:]]), flush=True)
     log = logs / f"{module}-{options[1]}.log"
@@ -41,7 +41,7 @@ def run_claim(module: str, options: list, logs: Path) -> list:
             if not line.startswith(("Warmup", "Executing", "Writing")):
                 print(line, end="", flush=True)
     if proc.wait() != 0:
-        raise SystemExit(f"error: {' '.join(command[1:])} exited {proc.returncode} (log {log})")
+        return [f"FAILED {' '.join(command[1:])}: exit {proc.returncode} (log {log})"]
     return [line.strip() for line in log.read_text().splitlines() if line.startswith("FIGURE ")]
 
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         figures += run_claim(module, options + ["--work", str(args.work)], logs)
     print("\n== all figures")
     print("\n".join(figures))
-    return 0
+    return 1 if any(line.startswith("FAILED") for line in figures) else 0
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def _key(*parts) -> str:
 def cached_model(work: Path, base: Path, adapter: Path | None = None, dtype: str | None = None) -> Path:
     """write_model, once: the folder is reused while its done.json exists."""
     label = Path(adapter).name if adapter else "base"
-    out = Path(work) / "models" / f"{label}-{dtype or 'native'}-{_key(Path(base).resolve(), adapter and Path(adapter).resolve(), dtype)}"
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(base).iterdir()) if p.is_file()]
+    key = _key(Path(base).resolve(), adapter and Path(adapter).resolve(), dtype, stamp)  # a rebuilt base: new key
+    out = Path(work) / "models" / f"{label}-{dtype or 'native'}-{key}"
     if not (out / DONE).is_file():
         write_model(base, out, adapter, dtype)
     return out

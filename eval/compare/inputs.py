@@ -77,6 +77,7 @@ def _write_synthetic_base(folder: Path, layers: int, seed: int) -> None:
     config = LlamaConfig(vocab_size=256, hidden_size=DIMS["h"], intermediate_size=DIMS["i"],
                          num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=32,
                          tie_word_embeddings=False, dtype="bfloat16")
+    config.architectures = ["LlamaForCausalLM"]  # mergekit picks its architecture from this field
     config.save_pretrained(str(folder))
     shapes = {"model.embed_tokens.weight": (256, DIMS["h"]), "lm_head.weight": (256, DIMS["h"])}
     for layer in range(layers):
