@@ -14,7 +14,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,23 +57,45 @@ def figure(claim: str, inputs: str, **values) -> None:
     print(f"FIGURE {claim} {inputs} {text}", flush=True)
 
 
+# A tiny launcher (python -S: no site packages, ~10 MB): Linux carries a parent's resident size at
+# fork into the child's ru_maxrss, so the measured process must not be forked from this one,
+# which holds torch. It runs the command, then writes wall/CPU seconds and peak RSS as JSON.
+LAUNCHER = """
+import json, os, sys, time
+result, command = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(command[0], command)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - started
+with open(result, "w") as out:
+    json.dump({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+               "peak_mb": usage.ru_maxrss / 1024, "code": os.waitstatus_to_exitcode(status)}, out)
+"""
+
+
 def run_measured(command: list, log: Path, env: dict | None = None) -> dict:
-    """Run one whole process; wall seconds, CPU seconds and its peak RSS in MB (os.wait4)."""
+    """Run one whole process; wall seconds, CPU seconds and its own peak RSS in MB (os.wait4)."""
     environment = dict(os.environ if env is None else env)
     environment.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     log.parent.mkdir(parents=True, exist_ok=True)
+    result = log.with_name(log.name + ".json")
     with open(log, "w") as sink:
-        started = time.perf_counter()
-        proc = subprocess.Popen([str(c) for c in command], stdout=sink, stderr=subprocess.STDOUT,
-                                cwd=str(REPO), env=environment)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+        subprocess.run([sys.executable, "-S", "-c", LAUNCHER, str(result), *map(str, command)], stdout=sink,
+                       stderr=subprocess.STDOUT, cwd=str(REPO), env=environment, check=False)
+    try:
+        measured = json.loads(result.read_text())
+    except (OSError, ValueError):
+        measured = {"code": -1}
+    if measured.pop("code") != 0:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
-        raise RuntimeError(f"{Path(command[0]).name} {' '.join(map(str, command[1:4]))} ... exited "
-                           f"{proc.returncode} (log {log}): {tail}")
-    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_mb": usage.ru_maxrss / 1024}
+        raise RuntimeError(f"{Path(command[0]).name} {' '.join(map(str, command[1:4]))} ... failed "
+                           f"(log {log}): {tail}")
+    return measured
 
 
 def seedlora_merge(*args) -> list:
