@@ -95,14 +95,14 @@ def main(argv=None) -> int:
     ours = runs["seedlora ties --rank"]
     print(f"inputs: {args.inputs}, K={len(adapters)}, TIES density {DENSITY}, rank {args.rank}; "
           f"mergekit ties merge: {merge['seconds']:.1f} s, peak {merge['peak_mb']:.0f} MB (fusing not counted)")
-    print(f"{'route':<34} {'seconds':>8} {'x seedlora':>10} {'peak MB':>8} {'size MB':>8} {'modules':>8} "
+    print(f"{'route':<46} {'seconds':>8} {'x seedlora':>10} {'peak MB':>8} {'size MB':>8} {'modules':>8} "
           f"{'all-zero':>8} {'rel.err':>8} {'optimal':>8}")
     for label, result in found.items():
         run = runs[label]
         total = run["seconds"] + (merge["seconds"] if "extract" in label else 0)
         peak = max(run["peak_mb"], merge["peak_mb"]) if "extract" in label else run["peak_mb"]
         name = f"mergekit ties + {label}" if "extract" in label else label
-        print(f"{name:<34} {total:>8.1f} {ratio(total, ours['seconds']):>10} {peak:>8.0f} {result['mb']:>8.1f} "
+        print(f"{name:<46} {total:>8.1f} {ratio(total, ours['seconds']):>10} {peak:>8.0f} {result['mb']:>8.1f} "
               f"{result['modules']:>8} {result['zero']:>8} {result['error'].relative:>8.4f} "
               f"{math.sqrt(result['optimal'].diff / result['optimal'].norm):>8.4f}")
     print("seconds: whole processes (mergekit: merge + extract); rel.err against TIES on the exact deltas "
