@@ -59,6 +59,24 @@ def adapter_errors(base: Path, folder: Path, factors: list, rule: str) -> dict:
     return {"error": error, "optimal": optimal, "zero": zero, "modules": written}
 
 
+def saved_in_full(folder: Path) -> dict:
+    """MB per modules_to_save kind (stored in full, not as LoRA factors) of an adapter, and the LoRA factors'."""
+    import json
+
+    from safetensors import safe_open
+
+    config = json.loads((Path(folder) / "adapter_config.json").read_text())
+    sizes = {kind: 0.0 for kind in config.get("modules_to_save") or []}
+    sizes["LoRA factors"] = 0.0
+    with safe_open(str(Path(folder) / "adapter_model.safetensors"), framework="pt") as handle:
+        for key in handle.keys():
+            tensor = handle.get_slice(key)
+            kind = "LoRA factors" if ".lora_" in key else key.rsplit(".", 2)[-2]
+            mb = math.prod(tensor.get_shape()) * {"F32": 4, "BF16": 2, "F16": 2}[tensor.get_dtype()] / 1e6
+            sizes[kind] = sizes.get(kind, 0.0) + mb
+    return sizes
+
+
 def run_all(mk, base: Path, adapters: list, rank: int, scratch: Path) -> dict:
     """mergekit merge + two extractions, and seedlora, each a measured whole process."""
     _, fused = fused_inputs(scratch.parent, base, adapters, None)
@@ -88,7 +106,8 @@ def main(argv=None) -> int:
     try:
         runs = run_all(mk, base, adapters, args.rank, scratch)
         found = {label: {**adapter_errors(base, run["folder"], factors, "ceil" if "seedlora" in label else "floor"),
-                         "mb": folder_mb(run["folder"])} for label, run in runs.items() if "folder" in run}
+                         "mb": folder_mb(run["folder"]), "content": saved_in_full(run["folder"])}
+                 for label, run in runs.items() if "folder" in run}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     merge = runs["mergekit ties"]
@@ -105,6 +124,9 @@ def main(argv=None) -> int:
         print(f"{name:<46} {total:>8.1f} {ratio(total, ours['seconds']):>10} {peak:>8.0f} {result['mb']:>8.1f} "
               f"{result['modules']:>8} {result['zero']:>8} {result['error'].relative:>8.4f} "
               f"{math.sqrt(result['optimal'].diff / result['optimal'].norm):>8.4f}")
+    for label, result in found.items():
+        parts = ", ".join(f"{kind} {mb:.1f}" for kind, mb in result["content"].items())
+        print(f"  {label}: MB by content: {parts}")
     print("seconds: whole processes (mergekit: merge + extract); rel.err against TIES on the exact deltas "
           "(floor rule for mergekit, ceil for seedlora); optimal: best rank-R error of that TIES result")
     d, t, s = found["extract (defaults)"], found["extract (adapted modules only)"], found["seedlora ties --rank"]
