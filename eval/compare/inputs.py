@@ -22,7 +22,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from eval.compare.common import REPO

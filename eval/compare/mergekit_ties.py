@@ -42,8 +42,7 @@ def run_routes(mk, base: Path, adapters: list, fused: list, scratch: Path) -> di
     """Every route once, as whole processes: label -> (output folder, measurement)."""
     done = {}
     for label, (tool, method, dtype, _) in ROUTES.items():
-        out, log = scratch / label.split(" (")[0].replace(" ", "-").replace("--", "") / (dtype or "native"), scratch / f"{len(done)}.log"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out, log = scratch / f"route-{len(done)}", scratch / f"route-{len(done)}.log"
         if tool == "mergekit":
             measured = run_merge(mk, method, base, fused, out, log, DENSITY, dtype, "bfloat16" if dtype else None)
         else:
