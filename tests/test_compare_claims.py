@@ -122,3 +122,18 @@ def test_mergekit_extract_lora_emits_an_adapter_like_seedlora_ties_rank(tiny, tm
         assert found["error"].relative < 1e-5, (label, found["error"].relative)  # rank 32: exact TIES
     defaults = mergekit_extract.adapter_errors(base, runs["extract (defaults)"]["folder"], factors, "floor")
     assert defaults["zero"] > 0  # every linear module extracted, the unadapted ones as zero LoRAs
+
+
+def test_missing_base_is_a_one_line_error(tmp_path):
+    """A comparison that cannot run says why and how to fix it, in one line, exit status 2."""
+    import subprocess
+    import sys
+
+    from eval.compare.common import REPO
+
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(REPO))  # no ~/.cache/seedlora here
+    done = subprocess.run([sys.executable, "-m", "eval.compare.peft_linear", "--inputs", "sample",
+                           "--work", str(tmp_path / "work")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "eval.prepare_smollm2" in done.stderr and "Traceback" not in done.stderr

@@ -17,6 +17,19 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+class CompareError(RuntimeError):
+    """A comparison cannot run here (missing input, mergekit not installable, a tool failed): one line."""
+
+
+def entry(main) -> int:
+    """Run a script's main(); a CompareError becomes `error: ...` on stderr and exit status 2."""
+    try:
+        return main()
+    except CompareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 DEFAULT_WORK = Path.home() / ".cache" / "seedlora" / "compare"
 
 
@@ -93,7 +106,7 @@ def run_measured(command: list, log: Path, env: dict | None = None) -> dict:
         measured = {"code": -1}
     if measured.pop("code") != 0:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
-        raise RuntimeError(f"{Path(command[0]).name} {' '.join(map(str, command[1:4]))} ... failed "
+        raise CompareError(f"{Path(command[0]).name} {' '.join(map(str, command[1:4]))} ... failed "
                            f"(log {log}): {tail}")
     return measured
 

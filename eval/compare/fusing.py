@@ -17,7 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from eval.compare.reference import PREFIX, A_SUFFIX, B_SUFFIX, adapter_scale
+from eval.compare.common import CompareError
+from eval.compare.reference import A_SUFFIX, B_SUFFIX, PREFIX, adapter_scale
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DONE = "done.json"
@@ -63,7 +64,7 @@ def write_model(base: Path, out: Path, adapter: Path | None = None, dtype: str |
                 state[key] = (weight.float() + updates.pop(key)()).to(target) if key in updates else weight.to(target)
         save_file(state, str(staging / shard.name), metadata={"format": "pt"})
     if updates:
-        raise ValueError(f"{adapter}: modules not in {base}: {sorted(updates)[:3]}")
+        raise CompareError(f"{adapter}: modules not in {base}: {sorted(updates)[:3]}")
     (staging / DONE).write_text(json.dumps({"base": str(base), "adapter": str(adapter), "dtype": dtype}))
     if out.exists():
         shutil.rmtree(out)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from eval.compare.common import REPO
+from eval.compare.common import REPO, CompareError
 
 SAMPLE_ADAPTERS = [REPO / "adapters" / f"seed-{i}" for i in range(3)]
 SMOLLM2 = Path.home() / ".cache" / "seedlora" / "smollm2-135m-instruct"
@@ -34,7 +34,7 @@ DIMS = {"h": 4096, "i": 11008}
 DONE = "done.json"
 
 
-class InputsMissing(RuntimeError):
+class InputsMissing(CompareError):
     """An input the comparison needs is not on this machine; the message says how to make it."""
 
 
@@ -129,4 +129,4 @@ def inputs(kind: str, work: Path, layers: int = 2) -> tuple:
         return sample_inputs()
     if kind == "7b":
         return synthetic_inputs(work, layers=layers)
-    raise ValueError(f"unknown inputs {kind!r}: use sample or 7b")
+    raise CompareError(f"unknown inputs {kind!r}: use sample or 7b")

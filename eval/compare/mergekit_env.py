@@ -27,6 +27,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.compare.common import CompareError, entry
+
 MERGEKIT_VERSION = "0.1.5"
 TORCH_VERSION = "2.13.0"
 # what pip resolved for mergekit 0.1.5 on 2026-12-04, pinned so the comparisons reproduce
@@ -35,7 +37,7 @@ STAMP = "seedlora-mergekit.json"
 REPORTED = ("mergekit", "torch", "transformers", "peft", "safetensors", "accelerate")
 
 
-class MergekitUnavailable(RuntimeError):
+class MergekitUnavailable(CompareError):
     """mergekit could not be installed or run here; the message says which step failed."""
 
 
@@ -133,7 +135,12 @@ def ensure_mergekit(venv: Path | None = None, log=print) -> MergekitEnv:
         return found if found else _build(venv, log)
 
 
-if __name__ == "__main__":
+def main() -> int:
     ready = ensure_mergekit()
     print(f"mergekit venv ready: {ready.venv}")
     print(json.dumps(ready.versions, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(entry(main))

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from eval.compare.common import arguments, figure, folder_mb, header, ratio, run_measured, seedlora_merge
+from eval.compare.common import (arguments, entry, figure, folder_mb, header, ratio, run_measured,
+                                 seedlora_merge)
 from eval.compare.fusing import fused_inputs
 from eval.compare.inputs import inputs
 from eval.compare.mergekit_env import ensure_mergekit
@@ -139,4 +140,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry(main))

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from eval.compare.common import arguments, figure, header, run_measured, seedlora_merge
+from eval.compare.common import arguments, entry, figure, header, run_measured, seedlora_merge
 from eval.compare.fused_accuracy import evaluate, update_to_weight
 from eval.compare.fusing import fused_inputs
 from eval.compare.inputs import inputs
@@ -99,4 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry(main))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from eval.compare.common import arguments, figure, header, run_measured, seedlora_merge
+from eval.compare.common import arguments, entry, figure, header, run_measured, seedlora_merge
 from eval.compare.inputs import inputs
 from eval.compare.peft_merge import add_weighted, merged_deltas, merged_rank, peft_model
 from eval.compare.reference import ErrorSum, mean_update, read_factors, updates
@@ -83,4 +83,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry(main))

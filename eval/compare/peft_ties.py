@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from eval.compare.common import arguments, figure, header, ratio, run_measured, seedlora_merge
+from eval.compare.common import arguments, entry, figure, header, ratio, run_measured, seedlora_merge
 from eval.compare.inputs import inputs
 from eval.compare.peft_merge import add_weighted, merged_deltas, peft_model, seedlora_in_peft
 from eval.compare.reference import ErrorSum, mean_update, read_factors, ties, updates
@@ -116,4 +116,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry(main))

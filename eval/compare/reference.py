@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from eval.compare.common import CompareError
+
 PREFIX = "base_model.model."
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 
@@ -23,7 +25,7 @@ def adapter_scale(folder: Path) -> float:
     """lora_alpha / r (or / sqrt(r) with rsLoRA); per-module patterns are refused, not guessed."""
     config = json.loads((Path(folder) / "adapter_config.json").read_text())
     if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise ValueError(f"{folder}: rank/alpha patterns are not handled by eval.compare.reference")
+        raise CompareError(f"{folder}: rank/alpha patterns are not handled by eval.compare.reference")
     r = config["r"]
     return config["lora_alpha"] / (math.sqrt(r) if config.get("use_rslora") else r)
 

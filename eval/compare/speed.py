@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from eval.compare.common import arguments, figure, folder_mb, header, run_measured, seedlora_merge
+from eval.compare.common import arguments, entry, figure, folder_mb, header, run_measured, seedlora_merge
 from eval.compare.fusing import fused_inputs
 from eval.compare.inputs import inputs
 from eval.compare.mergekit_env import ensure_mergekit
@@ -88,4 +88,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry(main))
