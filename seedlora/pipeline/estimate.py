@@ -21,6 +21,7 @@ from .plan import MergePlan
 
 DISK_BYTES_PER_S = 500e6  # assumed: a plain SSD; stated with every estimate
 FLOAT = 4  # float32 working precision
+FUSED_BUFFERS = 4 << 20  # fused output: a float32 block of W + τ, its cast copy, blocks queued for the writer
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def preview(plan: MergePlan, sink) -> Preview:
         result.output_bytes = sum(spec.nbytes for _, specs in sink.layout for spec in specs)
         result.tensors_merged = sum(1 for t in sink.tensors if t.kind != "copy")
         result.flops += result.output_bytes / 2  # W + τ summed in float32 and cast back, per entry
+        result.peak_bytes += FUSED_BUFFERS
     return result
 
 

@@ -76,8 +76,10 @@ def adapter_usage(report, base_model: str) -> str:
     return f"""With PEFT:
 
 ```python
-from peft import AutoPeftModelForCausalLM
-model = AutoPeftModelForCausalLM.from_pretrained("{FOLDER}")   # loads base {base_model} + this adapter
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+base = AutoModelForCausalLM.from_pretrained("{base_model}")
+model = PeftModel.from_pretrained(base, "{FOLDER}")
 ```
 
 With transformers (PEFT installed; the base is read from `adapter_config.json`):
