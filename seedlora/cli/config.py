@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import KEYS, load_config
+from ..config import load_config
 from ..errors import ConfigError
 
 # what a merge takes when neither the command line nor the config gives a value
@@ -44,8 +44,3 @@ def apply_config(args: argparse.Namespace) -> argparse.Namespace:
 def merged_params(config_params: dict, given: dict) -> dict:
     """The config's method parameters, each overridden by the one given on the command line."""
     return {**config_params, **given}
-
-
-def config_keys_text() -> str:
-    """The keys a config accepts, for --help."""
-    return ", ".join(KEYS)
