@@ -70,34 +70,42 @@ class Trim:
     """How one input is sparsified, applied a block at a time: τ ⊙ mask (÷ρ when rescaling).
 
     The mask is either a magnitude level (hardshrink keeps |τ| > level: one vectorised op, no
-    mask in memory) or a stored boolean mask (random drops, ties at a nonzero threshold).
+    mask in memory) plus the few `extra` entries tied at the cut that the top k also keep, or a
+    stored boolean mask (random drops; non-float32 inputs).
     """
 
     delta: torch.Tensor  # flat view of the input
     level: float = 0.0  # used when there is no mask; 0.0 keeps every nonzero (no trim)
     mask: Optional[torch.Tensor] = None  # flat bool
     rescale: Optional[float] = None
+    extra: Optional[torch.Tensor] = None  # sorted flat indices kept besides |τ| > level
 
     def block(self, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
         values = self.delta[start:stop]
         values = values if values.dtype == torch.float32 else values.float()
         if self.mask is None:
             torch.ops.aten.hardshrink.out(values, self.level, out=out)
+            if self.extra is not None and self.extra.numel():
+                first, last = (int(torch.searchsorted(self.extra, bound)) for bound in (start, stop))
+                where = self.extra[first:last] - start
+                out[where] = values[where]
         else:
             torch.mul(values, self.mask[start:stop], out=out)
         return out.div_(self.rescale) if self.rescale is not None else out
 
 
 def magnitude_trim(delta: torch.Tensor, density: float) -> Trim:
-    """Keep the ⌈ρ·numel⌉ largest |τ|: a hardshrink level, or a mask when ties at the cut split."""
+    """Keep the ⌈ρ·numel⌉ largest |τ|: a hardshrink level, plus the tied entries kept at the cut."""
     flat = delta.reshape(-1)
     k = keep_count(flat.numel(), density)
     if k == flat.numel():
         return Trim(flat, mask=torch.ones_like(flat, dtype=torch.bool))
     threshold = kth_largest_magnitude(flat, k)
-    if threshold.takes_all_tied and flat.dtype == torch.float32:
+    if flat.dtype != torch.float32:
+        return Trim(flat, mask=keep_mask(flat, threshold))
+    if threshold.takes_all_tied:
         return Trim(flat, level=shrink_level(threshold, flat.dtype))
-    return Trim(flat, mask=keep_mask(flat, threshold))
+    return Trim(flat, level=threshold.value, extra=threshold.ties_kept(flat).to(flat.device))
 
 
 def _block_size(device: torch.device) -> int:

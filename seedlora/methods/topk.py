@@ -19,7 +19,8 @@ releases. Tied zeros change nothing: a kept zero contributes zero.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -38,6 +39,14 @@ class Threshold:
     above: int  # entries with |x| > value
     tied: int  # entries with |x| == value
     k: int
+    kept_ties: Optional[torch.Tensor] = field(default=None, compare=False)  # flat indices of the k − above ties kept
+
+    def ties_kept(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat indices (row-major order) of the tied entries the top k keep: the first k − above."""
+        if self.kept_ties is not None:
+            return self.kept_ties
+        tied = torch.nonzero(flat.abs() == self.value).squeeze(1)
+        return tied[: self.k - self.above]
 
     @property
     def takes_all_tied(self) -> bool:
@@ -62,8 +71,9 @@ def kth_largest_magnitude(x: torch.Tensor, k: int) -> Threshold:
 
 def _exact(magnitudes: np.ndarray, k: int, n: int) -> Threshold:
     value = np.partition(magnitudes, n - k)[n - k]
-    return Threshold(float(value), int(np.count_nonzero(magnitudes > value)),
-                     int(np.count_nonzero(magnitudes == value)), k)
+    above = int(np.count_nonzero(magnitudes > value))
+    tied = np.flatnonzero(magnitudes == value)
+    return Threshold(float(value), above, tied.size, k, torch.from_numpy(tied[: k - above]))
 
 
 def _bracket(values: np.ndarray, k: int) -> tuple:
@@ -91,7 +101,7 @@ def _bracketed(values: np.ndarray, k: int):
     """The threshold from one blocked pass over `values`, or None when the bracket missed k."""
     lo, hi = _bracket(values, k)
     above, inside = 0, []
-    magnitude = np.empty(min(BLOCK, values.size), dtype=np.float32)
+    magnitude = np.empty(min(BLOCK, values.size), dtype=values.dtype)
     over, within = (np.empty(magnitude.size, dtype=bool) for _ in range(2))
     for start in range(0, values.size, BLOCK):
         block = values[start : start + BLOCK]
@@ -107,8 +117,26 @@ def _bracketed(values: np.ndarray, k: int):
     if not 1 <= need <= candidates.size:
         return None
     value = np.partition(candidates, candidates.size - need)[candidates.size - need]
-    return Threshold(float(value), above + int(np.count_nonzero(candidates > value)),
-                     int(np.count_nonzero(candidates == value)), k)
+    above += int(np.count_nonzero(candidates > value))
+    tied = int(np.count_nonzero(candidates == value))
+    kept = _positions_of(values, value, k - above) if above + tied > k else None
+    return Threshold(float(value), above, tied, k, kept)
+
+
+def _positions_of(values: np.ndarray, value, count: int) -> torch.Tensor:
+    """Flat indices of the first `count` entries with |x| == value, in row-major order."""
+    found, plus, minus = [], values.dtype.type(value), values.dtype.type(-value)
+    equal, other = (np.empty(min(BLOCK, values.size), dtype=bool) for _ in range(2))
+    for start in range(0, values.size, BLOCK):
+        block = values[start : start + BLOCK]
+        eq, neg = equal[: block.size], other[: block.size]
+        np.equal(block, plus, out=eq)
+        np.equal(block, minus, out=neg)
+        np.logical_or(eq, neg, out=eq)
+        found.append(np.flatnonzero(eq) + start)
+        if sum(f.size for f in found) >= count:
+            break
+    return torch.from_numpy(np.concatenate(found)[:count])
 
 
 def _threshold_torch(flat: torch.Tensor, k: int) -> Threshold:
@@ -121,12 +149,9 @@ def _threshold_torch(flat: torch.Tensor, k: int) -> Threshold:
 
 def keep_mask(x: torch.Tensor, threshold: Threshold) -> torch.Tensor:
     """Boolean mask of exactly k entries: all with |x| > v, then ties at v in row-major order."""
-    magnitudes = x.abs()
-    mask = magnitudes > threshold.value
-    need = threshold.k - threshold.above
-    if need > 0:
-        tied = torch.nonzero((magnitudes == threshold.value).reshape(-1)).squeeze(1)[:need]
-        mask.view(-1)[tied] = True
+    mask = x.abs() > threshold.value
+    if threshold.k > threshold.above:
+        mask.view(-1)[threshold.ties_kept(x.reshape(-1)).to(x.device)] = True
     return mask
 
 
