@@ -22,6 +22,7 @@ from fractions import Fraction
 from functools import partial
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .base import MergeMethod, Param, density_in_unit_interval
@@ -58,10 +59,10 @@ def random_keep_mask(shape: torch.Size, density: float, generator: torch.Generat
     generator is sequential), without a float32 copy of the whole shape.
     """
     mask = torch.empty(shape, dtype=torch.bool)
-    flat = mask.view(-1)
-    for start in range(0, flat.numel(), RANDOM_CHUNK):
-        stop = min(flat.numel(), start + RANDOM_CHUNK)
-        torch.lt(torch.rand(stop - start, generator=generator), density, out=flat[start:stop])
+    flat, level = mask.view(-1).numpy(), np.float32(density)  # torch compares float32 u with float32(ρ) too
+    for start in range(0, flat.size, RANDOM_CHUNK):
+        stop = min(flat.size, start + RANDOM_CHUNK)
+        np.less(torch.rand(stop - start, generator=generator).numpy(), level, out=flat[start:stop])
     return mask
 
 
