@@ -35,8 +35,9 @@ from eval.scale.measure import run_measured, seedlora_command, seedlora_env, wor
 from eval.scale.mergekit import mergekit_command, mergekit_env, mergekit_venv, write_config
 
 DENSITY = {"ties": 0.2, "dare_ties": 0.5, "dare_linear": 0.5}
-ERROR_MODULES = {"7b": ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"),
-                 "70b": ("model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.o_proj")}
+ERROR_MODULES = {"adapter7b": ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"),
+                 "fused7b": ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"),
+                 "layer70b": ("model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.o_proj")}
 PARTS = ("adapter7b", "fused7b", "layer70b")
 
 
@@ -94,6 +95,7 @@ def run_adapter7b(part: Part) -> None:
 
 
 def run_fused(part: Part, methods: tuple, mergekit_methods: tuple) -> None:
+    """seedlora --fuse routes, the disk copy of the base, and mergekit on the K fused models."""
     part.base = data.write_base(part.work.parent / f"base-{part.preset}-{part.layers}", part.preset, part.layers)
     part.worker("floor: copy base", "copy", {"base": str(part.base)})
     for method in methods:
@@ -114,8 +116,8 @@ def run_fused(part: Part, methods: tuple, mergekit_methods: tuple) -> None:
 
 def run_peft(part: Part) -> None:
     """PEFT ties_svd next to seedlora ties --rank 64 on the same 1-layer inputs."""
-    ones = data.write_adapters(part.work.parent / "adapters-7b-1", "7b", 1)
-    p = data.PRESETS["7b"]
+    ones = data.write_adapters(part.work.parent / f"adapters-{part.preset}-1", part.preset, 1)
+    p = data.PRESETS[part.preset]
     spec = {"adapters": list(map(str, ones)), "layers": 1, "rank": 64, "density": DENSITY["ties"],
             "dims": {"vocab": 1024, "hidden": p["hidden"], "intermediate": p["intermediate"], "heads": p["heads"]}}
     part.worker("floor: materialise+sum (1 layer)", "materialise", {"adapters": spec["adapters"], "scale": 2.0}, layers=1)
@@ -128,7 +130,7 @@ def run_peft(part: Part) -> None:
 
 def add_errors(part: Part) -> None:
     """Relative error of every output against the float64 reference, on the part's error modules."""
-    cache, modules = {}, ERROR_MODULES[part.preset]
+    cache, modules = {}, ERROR_MODULES[part.name]
     for row in part.rows.values():
         if not row.get("out") or not row.get("method"):
             continue
@@ -183,28 +185,32 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "seedlora" / "bench_scale")
     parser.add_argument("--threads", type=int, help="threads per process (default: torch's)")
     parser.add_argument("--layers-7b", type=int, default=32, help="layers of the adapter7b part (default all 32)")
+    parser.add_argument("--preset-7b", default="7b", choices=("7b", "tiny"), help="tiny: a test-sized stand-in")
+    parser.add_argument("--preset-70b", default="70b", choices=("70b", "tiny-gqa"), help="tiny-gqa: a test-sized stand-in")
+    parser.add_argument("--no-mergekit", action="store_true", help="skip the mergekit routes")
     parser.add_argument("--out-json", type=Path)
     args = parser.parse_args(argv)
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     print(header(args.threads), flush=True)
-    parts, lines = {}, []
+    parts = {}
     for name in args.parts.split(","):
         log(f"part {name}")
+        mergekit = () if args.no_mergekit else None
         if name == "adapter7b":
-            part = Part(name, "7b", args.layers_7b, args.work, args.threads, log)
+            part = Part(name, args.preset_7b, args.layers_7b, args.work, args.threads, log)
             run_adapter7b(part)
         elif name == "fused7b":
-            part = Part(name, "7b", 2, args.work, args.threads, log)
-            run_fused(part, ("ties", "dare_ties", "selection", "linear"), ("ties", "dare_ties", "linear"))
+            part = Part(name, args.preset_7b, 2, args.work, args.threads, log)
+            run_fused(part, ("ties", "dare_ties", "selection", "linear"),
+                      ("ties", "dare_ties", "linear") if mergekit is None else mergekit)
             run_peft(part)
         else:
-            part = Part(name, "70b", 1, args.work, args.threads, log)
+            part = Part(name, args.preset_70b, 1, args.work, args.threads, log)
             run_adapter7b_like_70b(part)
-            run_fused(part, ("ties",), ("ties",))
+            run_fused(part, ("ties",), ("ties",) if mergekit is None else mergekit)
         add_errors(part)
         parts[name] = part
-        lines += table(part, 32 if part.preset == "7b" else 80)
-        print("\n".join(table(part, 32 if part.preset == "7b" else 80)), flush=True)
+        print("\n".join(table(part, data.PRESETS[part.preset]["layers"])), flush=True)
     from eval.scale.targets import check_targets
 
     verdicts = check_targets(parts)

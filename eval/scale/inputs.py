@@ -20,6 +20,9 @@ from eval.bench_merge import random_factors, write_adapter
 PRESETS = {
     "7b": dict(hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000, layers=32),
     "70b": dict(hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=32000, layers=80),
+    # test-sized stand-ins (tests/test_bench_scale.py): the same code paths in seconds
+    "tiny": dict(hidden=64, intermediate=96, heads=4, kv_heads=4, vocab=128, layers=32),
+    "tiny-gqa": dict(hidden=128, intermediate=160, heads=8, kv_heads=2, vocab=128, layers=80),
 }
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")

@@ -7,7 +7,7 @@ Reference τ per method, from the inputs' stored factors in float64 (τ_i = s·B
   error against this reference includes a different random draw;
 - selection: the picks seedlora's seeded draws make (read by merging 0/i-coded copies of the inputs),
   applied to the float64 updates;
-- linear: the mean.
+- linear: the mean; seedlora: the mean mapped to the inputs' mean μ̂ and spread σ̂ (methods.md).
 Errors: ‖Y − τ‖/‖τ‖ over the chosen modules together, Y = B·A of an adapter output or W' − W of a
 fused one (whose bf16 rounding of W + τ is a floor no bf16 output can beat; it is reported too).
 """
@@ -69,6 +69,11 @@ def reference(method: str, adapters: list, name: str, seed: int = 0, density: fl
     updates = input_updates(adapters, name)
     if method == "linear":
         return sum(updates) / len(updates)
+    if method == "seedlora":
+        average = sum(updates) / len(updates)
+        mean = sum(float(u.mean()) for u in updates) / len(updates)
+        spread = sum(float(u.std(unbiased=False)) for u in updates) / len(updates)
+        return spread * (average - average.mean()) / average.std(unbiased=False) + mean
     if method == "selection":
         return _selection(updates, name, seed, resample)
     if method == "ties":
