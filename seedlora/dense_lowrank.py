@@ -65,8 +65,7 @@ def factorize(delta: torch.Tensor, generator: torch.Generator, rank: Optional[in
     delta = delta if delta.dtype == torch.float32 else delta.float()
     small = min(delta.shape)
     norm_sq = squared_norm(delta)
-    cheap = small <= EXACT_SVD_MAX_DIM and delta.shape[0] * delta.shape[1] * small <= EXACT_SVD_MAX_WORK
-    exact = cheap or (rank is not None and 2 * (rank + OVERSAMPLE) >= small)
+    exact = uses_exact_svd(delta.shape, rank)
     if exact:
         U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
         total, beyond_range = float(S.double().square().sum()), 0.0
@@ -95,6 +94,13 @@ def direct_error(delta: torch.Tensor, approx: LowRank, rows: int = 4096) -> floa
         err_sq += float(diff.double().square().sum())
         norm_sq += float(block.double().square().sum())
     return math.sqrt(err_sq / norm_sq) if norm_sq > 0 else 0.0
+
+
+def uses_exact_svd(shape, rank: Optional[int]) -> bool:
+    """True when factorize takes the exact SVD: a small matrix, or a rank near its smaller side."""
+    small = min(shape)
+    cheap = small <= EXACT_SVD_MAX_DIM and shape[0] * shape[1] * small <= EXACT_SVD_MAX_WORK
+    return cheap or (rank is not None and 2 * (rank + OVERSAMPLE) >= small)
 
 
 def small_svd(B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,6 +94,14 @@ def rank_choice(plan: MergePlan, rank, vllm: bool, energy: Optional[float] = Non
     return RankChoice(rank=target_rank(plan, None if rank is None else int(rank), vllm), vllm=vllm)
 
 
+def upper_rank(plan: MergePlan, choice: RankChoice) -> int:
+    """The uniform rank written: the chosen one, or for --rank auto the most it can be (the exact rank)."""
+    if not choice.auto:
+        return choice.rank
+    dense = any(not plan.method.low_rank or t.dora for t in plan.modules.values())
+    return max(min(t.shape) if dense else plan.exact_rank(name) for name, t in plan.modules.items())
+
+
 def factor_modules(plan: MergePlan, merger, choice: RankChoice, report: MergeReport) -> tuple[int, dict]:
     """Merge and factor every module: (uniform rank, {name: (LowRank of that rank, bias)}).
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from .. import peft_format as fmt
 from ..errors import MethodError, UnsupportedFeatureError
 from ..pipeline.plan import MergePlan
-from ..pipeline.rank import factor_modules, rank_choice, warn_if_dense_energy_low
+from ..pipeline.rank import factor_modules, rank_choice, upper_rank, warn_if_dense_energy_low
 from ..pipeline.report import MergeReport
 from .config_file import CONFIG_NAME as SETTINGS_NAME, config_text
 from .model_card import model_card
@@ -49,6 +49,7 @@ class AdapterFolderSink:
         check_output_free(self.output, self.overwrite)
         refuse_unwritable(plan, self.rank)
         self.choice = rank_choice(plan, self.rank, self.vllm, self.energy)
+        self.target_rank = upper_rank(plan, self.choice)  # what a dry run estimates with
         self.dtype = output_dtype(plan, self.dtype_name)
 
     def write(self, plan: MergePlan, merger, report: MergeReport, facts) -> None:

@@ -15,7 +15,7 @@ import torch
 from .. import peft_format as fmt
 from ..errors import IncompatibleInputsError
 from ..pipeline.plan import MergePlan
-from ..pipeline.rank import factor_modules, rank_choice, warn_if_dense_energy_low
+from ..pipeline.rank import factor_modules, rank_choice, upper_rank, warn_if_dense_energy_low
 from ..pipeline.report import MergeReport
 from .adapter_folder import refuse_unwritable
 
@@ -34,6 +34,7 @@ class PeftModelSink:
             raise IncompatibleInputsError(f"adapter '{self.adapter_name}' already exists in the model; choose a new name")
         refuse_unwritable(plan, self.rank)
         self.choice = rank_choice(plan, self.rank, vllm=False, energy=self.energy)
+        self.target_rank = upper_rank(plan, self.choice)  # what a dry run estimates with
 
     def write(self, plan: MergePlan, merger, report: MergeReport, facts) -> None:
         from peft import LoraConfig
