@@ -152,7 +152,8 @@ def range_finder(delta: torch.Tensor, generator: torch.Generator, norm_sq: float
         width = min(2 * width, MAX_BLOCK, limit - Q.shape[1])
 
 
-def _block(delta: torch.Tensor, Q: torch.Tensor, B: torch.Tensor, width: int, generator: torch.Generator) -> torch.Tensor:
+def _block(delta: torch.Tensor, Q: torch.Tensor, B: torch.Tensor, width: int,
+           generator: torch.Generator) -> torch.Tensor:
     """`width` new orthonormal columns for the range of τ − QB, refined by power iterations."""
     omega = torch.randn(delta.shape[1], width, generator=generator, dtype=delta.dtype).to(delta.device)
     q_i = _orth(delta @ omega - Q @ (B @ omega))

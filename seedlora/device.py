@@ -33,5 +33,6 @@ def resolve_device(spec: Union[str, torch.device, None] = "auto") -> torch.devic
         raise DeviceError(f"device {text}: CUDA is not available ({why}, torch {torch.__version__}); use --device cpu")
     index = int(match.group(1)) if match.group(1) is not None else torch.cuda.current_device()
     if index >= torch.cuda.device_count():
-        raise DeviceError(f"device {text}: there are only {torch.cuda.device_count()} CUDA device(s) (cuda:0..); pick one of them")
+        count = torch.cuda.device_count()
+        raise DeviceError(f"device {text}: there are only {count} CUDA device(s), cuda:0 to cuda:{count - 1}; pick one")
     return torch.device("cuda", index)

@@ -23,7 +23,8 @@ def run_measured(command: list, log: Path, env: dict | None = None, cwd: Path = 
     """Run `command` to completion; seconds, cpu_seconds, peak_gb (its own max RSS) and its JSON line if any."""
     log.parent.mkdir(parents=True, exist_ok=True)
     peak_file = log.with_suffix(".peak")
-    wrapped = ([GNU_TIME, "-f", "%M", "-o", str(peak_file)] if Path(GNU_TIME).exists() else []) + [str(c) for c in command]
+    timer = [GNU_TIME, "-f", "%M", "-o", str(peak_file)] if Path(GNU_TIME).exists() else []
+    wrapped = timer + [str(c) for c in command]
     started = time.perf_counter()
     with open(log, "w") as handle:
         proc = subprocess.Popen(wrapped, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd,

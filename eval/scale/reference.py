@@ -93,7 +93,8 @@ def adapter_update(folder: Path, name: str) -> torch.Tensor:
     config = json.loads((Path(folder) / "adapter_config.json").read_text())
     scale = config["lora_alpha"] / config["r"]
     with safe_open(str(Path(folder) / "adapter_model.safetensors"), framework="pt") as f:
-        return (f.get_tensor(f"{PREFIX}{name}.lora_B.weight").double() * scale) @ f.get_tensor(f"{PREFIX}{name}.lora_A.weight").double()
+        B = f.get_tensor(f"{PREFIX}{name}.lora_B.weight").double() * scale
+        return B @ f.get_tensor(f"{PREFIX}{name}.lora_A.weight").double()
 
 
 def model_tensor(folder: Path, key: str) -> torch.Tensor:

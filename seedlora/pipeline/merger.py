@@ -39,7 +39,8 @@ class MergedModule:
 
     def cpu(self) -> "MergedModule":
         """The same module with its tensors on the CPU (for writers)."""
-        weight = LowRank(B=self.weight.B.cpu(), A=self.weight.A.cpu()) if isinstance(self.weight, LowRank) else self.weight.cpu()
+        weight = self.weight
+        weight = LowRank(B=weight.B.cpu(), A=weight.A.cpu()) if isinstance(weight, LowRank) else weight.cpu()
         return MergedModule(weight, None if self.bias is None else self.bias.cpu(), self.stats)
 
 
@@ -99,7 +100,8 @@ class Merger:
         if module is None:  # not adapted by this input: a zero update
             if dense:
                 return torch.zeros(target.shape, dtype=torch.float32, device=device)
-            return LowRank(B=torch.zeros(target.out_features, 0, device=device), A=torch.zeros(0, target.in_features, device=device))
+            return LowRank(B=torch.zeros(target.out_features, 0, device=device),
+                           A=torch.zeros(0, target.in_features, device=device))
         factors = source.factors(name, device=device)
         if module.dora:
             magnitude = source.magnitude(name).to(device)
