@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from .device import resolve_device
 from .pipeline import Preview, preview_merge, run_merge
 from .pipeline.report import MergeReport
 from .sinks import AdapterFolderSink, FusedModelSink, PeftModelSink
@@ -22,16 +23,19 @@ from .sources import PeftModelAdapter, open_base, open_inputs
 
 def merge(inputs: Sequence, sink, method="linear", weights: Optional[Sequence[float]] = None,
           params: Optional[dict] = None, seed: int = 0, base=None, strict: bool = False,
-          progress=False) -> MergeReport:
+          progress=False, device="auto") -> MergeReport:
     """Merge `inputs` (folders, Hub ids `org/name[@rev]`, or opened sources such as PeftModelAdapter) into `sink`.
 
     `base` (a model folder or Hub id) is needed for fused output, DoRA inputs and modules_to_save merged as
     deltas; `strict` turns warnings (modules not adapted by every input, differing base models,
-    an input given twice) into errors.
+    an input given twice) into errors. `device` ("auto", "cpu", "cuda", "cuda:N" or a torch.device)
+    is where each module is merged and truncated; "auto" takes CUDA when torch sees a GPU.
     """
+    device = resolve_device(device)  # before opening anything: a bad device fails first
     sources = open_inputs(inputs)
     base_folder = open_base(base)
-    return run_merge(sources, sink, method, weights, params, seed, base=base_folder, strict=strict, progress=progress)
+    return run_merge(sources, sink, method, weights, params, seed, base=base_folder, strict=strict, progress=progress,
+                     device=device)
 
 
 def preview(inputs: Sequence, sink, method="linear", weights: Optional[Sequence[float]] = None,
@@ -40,16 +44,16 @@ def preview(inputs: Sequence, sink, method="linear", weights: Optional[Sequence[
     return preview_merge(open_inputs(inputs), sink, method, weights, params, seed, base=open_base(base), strict=strict)
 
 
-def output_sink(output, overwrite: bool = False, fuse: bool = False, rank: Optional[int] = None,
-                dtype: Optional[str] = None, vllm: bool = False, shard_size=None):
+def output_sink(output, overwrite: bool = False, fuse: bool = False, rank=None,
+                dtype: Optional[str] = None, vllm: bool = False, shard_size=None, energy: Optional[float] = None):
     """The folder sink for these options: a fused model folder with `fuse`, else a PEFT adapter folder."""
     if fuse:
-        if rank is not None or vllm or dtype:
+        if rank is not None or vllm or dtype or energy is not None:
             from .errors import MethodError
 
-            raise MethodError("rank/vllm/dtype apply to adapter output; a fused model is exact in the base's dtypes")
+            raise MethodError("rank/energy/vllm/dtype apply to adapter output; a fused model is exact in the base's dtypes")
         return FusedModelSink(output, overwrite=overwrite, shard_size=shard_size)
-    return AdapterFolderSink(output, overwrite=overwrite, rank=rank, dtype=dtype, vllm=vllm)
+    return AdapterFolderSink(output, overwrite=overwrite, rank=rank, dtype=dtype, vllm=vllm, energy=energy)
 
 
 def merge_adapters(
@@ -58,7 +62,7 @@ def merge_adapters(
     method="linear",
     weights: Optional[Sequence[float]] = None,
     params: Optional[dict] = None,
-    rank: Optional[int] = None,
+    rank=None,
     seed: int = 0,
     overwrite: bool = False,
     dtype: Optional[str] = None,
@@ -68,46 +72,56 @@ def merge_adapters(
     fuse: bool = False,
     strict: bool = False,
     shard_size=None,
+    energy: Optional[float] = None,
+    device="auto",
 ) -> MergeReport:
     """Merge LoRA adapter folders into a new PEFT adapter folder at `output` (a model folder with `fuse`).
 
     Low-rank methods (linear, seedlora) are written exactly unless `rank` asks for less; dense
     methods are truncated to `rank` (default: the sum of the input ranks) by SVD, the loss reported.
-    `vllm=True` pads (or truncates) to a rank vLLM's --max-lora-rank accepts.
+    `rank="auto"` keeps per module the fewest singular triplets holding `energy` (default 0.9) of
+    the update, padded to the largest. `vllm=True` pads (or truncates) to a rank vLLM's
+    --max-lora-rank accepts. `device`: see `merge`.
     """
-    sink = output_sink(output, overwrite, fuse, rank, dtype, vllm, shard_size)
-    return merge(adapters, sink, method, weights, params, seed, base=base, strict=strict, progress=progress)
+    sink = output_sink(output, overwrite, fuse, rank, dtype, vllm, shard_size, energy)
+    return merge(adapters, sink, method, weights, params, seed, base=base, strict=strict, progress=progress,
+                 device=device)
 
 
 def fuse_adapters(adapter_paths: Sequence, base_dir, output, method="linear", weights=None, params=None, seed: int = 0,
-                  shard_size=None, overwrite: bool = False, progress=False, strict: bool = False) -> MergeReport:
+                  shard_size=None, overwrite: bool = False, progress=False, strict: bool = False,
+                  device="auto") -> MergeReport:
     """Merge LoRA adapters with `method` and write base + merged update as a model folder."""
     sink = FusedModelSink(output, overwrite=overwrite, shard_size=shard_size)
-    return merge(adapter_paths, sink, method, weights, params, seed, base=base_dir, strict=strict, progress=progress)
+    return merge(adapter_paths, sink, method, weights, params, seed, base=base_dir, strict=strict, progress=progress,
+                 device=device)
 
 
 def merge_checkpoints(checkpoint_dirs: Sequence, base_dir, output, method="linear", weights=None, params=None,
-                      seed: int = 0, shard_size=None, overwrite: bool = False, progress=False) -> MergeReport:
+                      seed: int = 0, shard_size=None, overwrite: bool = False, progress=False,
+                      device="auto") -> MergeReport:
     """Merge full model folders fine-tuned from `base_dir` through their task vectors into `output`."""
     sink = FusedModelSink(output, overwrite=overwrite, shard_size=shard_size)
-    return merge(checkpoint_dirs, sink, method, weights, params, seed, base=base_dir, progress=progress)
+    return merge(checkpoint_dirs, sink, method, weights, params, seed, base=base_dir, progress=progress, device=device)
 
 
 def merge_peft_adapters(model, adapter_names: Sequence[str], new_adapter_name: str, method="linear",
                         weights: Optional[Sequence[float]] = None, params: Optional[dict] = None,
-                        rank: Optional[int] = None, seed: int = 0, base=None, strict: bool = False,
-                        output=None, fuse: bool = False, overwrite: bool = False) -> MergeReport:
+                        rank=None, seed: int = 0, base=None, strict: bool = False,
+                        output=None, fuse: bool = False, overwrite: bool = False, energy: Optional[float] = None,
+                        device="auto") -> MergeReport:
     """Add `new_adapter_name` to `model`: the merge of its loaded `adapter_names`.
 
     Like the folder path, low-rank methods are exact (rank Σr, or Σr+1 for seedlora) unless
-    `rank` asks for less. With `output`, the merge is written there instead (an adapter folder,
-    or with `fuse` and `base` a fused model folder) and the model is left unchanged.
+    `rank` asks for less (or "auto" with `energy`). With `output`, the merge is written there
+    instead (an adapter folder, or with `fuse` and `base` a fused model folder) and the model is
+    left unchanged. `device`: see `merge`.
     """
     sources = [PeftModelAdapter(model, name) for name in adapter_names]
     if output is None:
-        sink = PeftModelSink(model, new_adapter_name, rank=rank)
+        sink = PeftModelSink(model, new_adapter_name, rank=rank, energy=energy)
     elif fuse:
         sink = FusedModelSink(output, overwrite=overwrite)
     else:
-        sink = AdapterFolderSink(output, overwrite=overwrite, rank=rank)
-    return merge(sources, sink, method, weights, params, seed, base=base, strict=strict)
+        sink = AdapterFolderSink(output, overwrite=overwrite, rank=rank, energy=energy)
+    return merge(sources, sink, method, weights, params, seed, base=base, strict=strict, device=device)

@@ -47,3 +47,7 @@ class HubError(InputFormatError):
 
 class ConfigError(SeedLoraError):
     """A merge config file has an unknown key, a value of the wrong type, or cannot be read."""
+
+
+class DeviceError(SeedLoraError):
+    """The device asked for (--device, device=) does not exist or is not usable here."""

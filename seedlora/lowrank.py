@@ -5,7 +5,7 @@ A low-rank update is X = B @ A with B (out x R) and A (R x in). The identities u
 ⟨B₁A₁, B₂A₂⟩ = tr((B₁ᵀB₂)(A₂A₁ᵀ)); best rank-N = SVD of the R x R core R_B R_Aᵀ, where
 B = Q_B R_B and Aᵀ = Q_A R_A (R from a Cholesky of the Gram, or QR). Everything but the final
 thin products works on R x R Grams, so a merge costs about one pass over the factors.
-The one exception is truncate_dense, which factors an already dense delta (dense methods' output).
+Dense deltas (dense methods' output) are factored by dense_lowrank (truncate_dense wraps it).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-# Dense truncation uses an exact SVD up to this smaller dimension, a randomized SVD above.
-EXACT_SVD_MAX_DIM = 1024
 # Grams convert factors to float64 this many entries at a time (512 KB, reused).
 GRAM_BLOCK_ENTRIES = 1 << 16
 
@@ -223,6 +221,32 @@ def truncate(x: LowRank, rank: int, g: Optional[Grams] = None) -> tuple[LowRank,
     return pad_rank(kept, rank), kept_energy(torch.from_numpy(S), rank)
 
 
+def singular_values(x: LowRank, g: Optional[Grams] = None) -> torch.Tensor:
+    """σ of B @ A (float64, descending, on the CPU) from the R x R core, by truncate's route."""
+    g = grams(x, exact=False) if g is None else g
+    factors = _cholesky_factors(g)
+    if factors is None and not g.exact:
+        factors = _cholesky_factors(grams(x))
+    if factors is None:
+        r_b, r_a = torch.linalg.qr(x.B.double()).R, torch.linalg.qr(x.A.double().T).R
+        return torch.linalg.svdvals(r_b @ r_a.T).cpu()
+    (r_b, _), (r_a, _) = factors
+    return torch.from_numpy(np.linalg.svd(r_b @ r_a.T, compute_uv=False))
+
+
+# --rank auto keeps a little more than asked, so float32 rounding never takes it below E
+ENERGY_MARGIN = 1e-6
+
+
+def rank_for_energy(S: torch.Tensor, wanted_sq: float) -> int:
+    """Fewest leading σ with Σσ² >= wanted_sq·(1 + margin) (all of them if none do; at least 1)."""
+    if wanted_sq <= 0 or S.numel() == 0:
+        return 1
+    cumulative = S.double().cpu().square().cumsum(0)
+    target = torch.tensor([wanted_sq * (1.0 + ENERGY_MARGIN)], dtype=torch.float64)
+    return max(1, min(int(torch.searchsorted(cumulative, target).item()) + 1, S.shape[0]))
+
+
 def _cholesky_factors(g: Grams):
     """((R_B, R_B⁻¹), (R_A, R_A⁻¹)) from the Grams, or None if either is not safely usable."""
     limit = CHOLESKY_MAX_COND if g.exact else FAST_GRAM_MAX_COND
@@ -261,45 +285,12 @@ def kept_energy(S: torch.Tensor, rank: int) -> float:
     return float((S[:rank] ** 2).sum()) / total if total > 0 else 1.0
 
 
-def _relative_error(delta: torch.Tensor, approx: LowRank, rows: int = 4096) -> float:
-    """‖delta − B A‖ / ‖delta‖ computed directly, a block of rows at a time."""
-    err_sq = norm_sq = 0.0
-    for start in range(0, delta.shape[0], rows):
-        block = delta[start : start + rows].float()
-        diff = block - approx.B[start : start + rows] @ approx.A
-        err_sq += float(diff.double().square().sum())
-        norm_sq += float(block.double().square().sum())
-    return math.sqrt(err_sq / norm_sq) if norm_sq > 0 else 0.0
-
-
-def _randomized_svd(
-    delta: torch.Tensor, rank: int, generator: torch.Generator, oversample: int = 10, power_iters: int = 2
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Halko–Martinsson–Tropp range finder with QR re-orthonormalised power iterations."""
-    width = min(rank + oversample, min(delta.shape))
-    omega = torch.randn(delta.shape[1], width, generator=generator, dtype=delta.dtype)  # in x l
-    omega = omega.to(delta.device)  # drawn on the generator's device (CPU), used beside delta
-    q, _ = torch.linalg.qr(delta @ omega)  # out x l
-    for _ in range(power_iters):
-        z, _ = torch.linalg.qr(delta.T @ q)  # in x l
-        q, _ = torch.linalg.qr(delta @ z)  # out x l
-    U_small, S, Vh = torch.linalg.svd(q.T @ delta, full_matrices=False)  # l x in
-    return q @ U_small, S, Vh
-
-
 def truncate_dense(delta: torch.Tensor, rank: int, generator: torch.Generator) -> tuple[LowRank, float]:
     """Rank-`rank` factors of a dense delta and the relative error ‖τ − τ_N‖/‖τ‖.
 
-    Exact SVD when min(shape) <= EXACT_SVD_MAX_DIM or the rank is large against it;
-    otherwise a randomized SVD drawing from `generator` (deterministic for its state).
+    Exact SVD for small matrices, a seeded randomized range finder above (see dense_lowrank).
     """
-    if rank < 1:
-        raise ValueError(f"truncation rank must be >= 1, got {rank}")
-    delta = delta.float()
-    small = min(delta.shape)
-    if small <= EXACT_SVD_MAX_DIM or 2 * (rank + 10) >= small:
-        U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
-    else:
-        U, S, Vh = _randomized_svd(delta, rank, generator)
-    factors = _balanced(U, S, Vh, rank)
-    return factors, _relative_error(delta, factors)
+    from .dense_lowrank import factorize  # dense_lowrank builds on this module's LowRank
+
+    found = factorize(delta, generator, rank=rank)
+    return found.factors, found.relative_error

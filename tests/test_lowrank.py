@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from seedlora.dense_lowrank import EXACT_SVD_MAX_DIM
 from seedlora.lowrank import (
-    EXACT_SVD_MAX_DIM,
     LowRank,
     concat,
     entry_sum,

@@ -89,10 +89,10 @@ def test_selection_takes_every_entry_from_one_input(adapters, input_deltas, tmp_
 
 
 def test_seedlora_is_exact_rank_sum_plus_one_without_dense_matrices(adapters, input_deltas, tmp_path, monkeypatch):
-    import seedlora.lowrank as lowrank
+    import seedlora.pipeline.rank as rank
 
     monkeypatch.setattr(LowRank, "dense", lambda self: pytest.fail("formed an out x in matrix"))
-    monkeypatch.setattr(lowrank, "truncate_dense", lambda *a: pytest.fail("took the dense SVD path"))
+    monkeypatch.setattr(rank, "factorize", lambda *a, **k: pytest.fail("took the dense SVD path"))
     report = merge_adapters(adapters, tmp_path / "out", method="seedlora")
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert report.rank == config["r"] == config["lora_alpha"] == 2 + 4 + 8 + 1

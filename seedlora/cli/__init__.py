@@ -2,7 +2,8 @@
 
 The only place that configures logging, prints errors and exits. Each subcommand is a module
 in seedlora/cli/ with HELP, add_arguments(parser) and run(args); they are imported
-lazily, so `seedlora methods` does not pay for importing training code.
+lazily, so `seedlora methods` does not pay for importing training code, and nothing imports
+torch before main() has set the thread policy (cli.threads).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import SeedLoraError
+from .threads import apply_thread_policy
 
 # (subcommand, module under seedlora.cli): an explicit list, in help order
 COMMANDS = (
@@ -85,6 +87,8 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    apply_thread_policy(argv)  # before any subcommand imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "verbose", 0), bool(getattr(args, "quiet", False)))

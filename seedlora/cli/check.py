@@ -12,9 +12,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("paths", nargs="+", metavar="FOLDER", help="PEFT adapter folders or model folders (or Hub ids org/name[@revision])")
     parser.add_argument("--base", metavar="BASE_DIR", help="base model folder: check adapters' module names and shapes against it")
     parser.add_argument("--strict", action="store_true", help="fail on warnings too (e.g. rank_pattern, rsLoRA)")
+    from .merge import add_compute_arguments
+
+    add_compute_arguments(parser)
 
 
 def run(args) -> None:
+    from ..device import resolve_device
+    from .threads import use_threads
+
+    use_threads(args.threads)
+    resolve_device(args.device)  # the check reads headers only; an unusable device is still an error
     failed = []
     for path in args.paths:
         if len(args.paths) > 1:

@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--method", help="merge method (see `seedlora methods`; default linear)")
     parser.add_argument("-o", "--output", help="output folder (must not exist or be empty)")
     parser.add_argument("--weights", type=weight_list, help="one weight per input, comma-separated, e.g. 0.5,0.3,0.2 (default: the method's)")
-    parser.add_argument("--rank", type=int, help="compress the adapter to this rank (reports the energy kept)")
+    parser.add_argument("--rank", type=rank_arg, help="compress the adapter to this rank (reports the energy kept), or auto: "
+                        "per module the fewest ranks keeping --energy of the update (the adapter takes the largest)")
+    parser.add_argument("--energy", type=float, help="with --rank auto: share of each module's ‖τ‖² to keep, in (0, 1] (default 0.9)")
     parser.add_argument("--seed", type=int, help="seed of random methods (default 0)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="adapter output dtype (default: the inputs')")
     parser.add_argument("--vllm", action=argparse.BooleanOptionalAction, help="write a rank vLLM's --max-lora-rank accepts (pad exactly, or truncate to --rank)")
@@ -30,10 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, help="replace an existing output folder")
     parser.add_argument("--dry-run", action="store_true", help="check everything and print the plan (ranks, output size, memory, time); write nothing")
     parser.add_argument("-q", "--quiet", action="store_true", help="errors only: no warnings, progress bar or summary")
+    add_compute_arguments(parser)
     from ..methods import METHODS
     from ..methods.cli_params import add_param_arguments
 
     add_param_arguments(parser, METHODS)  # --density, --t, --epsilon, … and --param NAME=VALUE, from the registry
+
+
+def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --threads, shared by the subcommands that compute (defaults None: a config may set them)."""
+    from .threads import positive_int
+
+    parser.add_argument("--device", help="where to compute: auto (default: CUDA if present, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's; the OpenMP wait policy is PASSIVE unless set)")
+
+
+def rank_arg(text: str):
+    """--rank: an integer (the library says if it is not positive) or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
 
 
 def weight_list(text: str) -> list:
@@ -57,19 +78,25 @@ def show_progress(args) -> bool:
 
 def run(args) -> None:
     from ..api import merge, output_sink, preview
+    from ..device import resolve_device
     from .config import apply_config, merged_params
+    from .threads import use_threads
 
     apply_config(args)
+    use_threads(args.threads)
+    device = resolve_device(args.device)
     inputs, checkpoints = resolve_inputs(args)
     params = merged_params(args.config_params, method_params(args))
     fuse = bool(args.fuse or checkpoints)
-    if fuse and (args.rank is not None or args.vllm or args.dtype):
-        raise SeedLoraError("--rank/--vllm/--dtype apply to adapter output; a fused model is exact in the base's dtypes")
+    if fuse and (args.rank is not None or args.vllm or args.dtype or args.energy is not None):
+        raise SeedLoraError("--rank/--energy/--vllm/--dtype apply to adapter output; a fused model is exact in the base's dtypes")
+    if args.energy is not None and args.rank != "auto":
+        raise SeedLoraError("--energy applies to --rank auto; pass --rank auto --energy E")
     if fuse and args.base is None:
         raise SeedLoraError("--fuse needs --base BASE_DIR, the model the adapters were trained on")
     if args.shard_size and not fuse:
         raise SeedLoraError("--shard-size applies to fused output; add --fuse --base BASE_DIR")
-    sink = output_sink(args.output, args.overwrite, fuse, args.rank, args.dtype, args.vllm, args.shard_size)
+    sink = output_sink(args.output, args.overwrite, fuse, args.rank, args.dtype, args.vllm, args.shard_size, args.energy)
     common = dict(method=args.method, weights=args.weights, params=params, seed=args.seed, base=args.base,
                   strict=args.strict)
     if args.dry_run:
@@ -77,7 +104,7 @@ def run(args) -> None:
 
         print(show_preview(preview(inputs, sink, **common)))
         return
-    report = merge(inputs, sink, progress=show_progress(args), **common)
+    report = merge(inputs, sink, progress=show_progress(args), device=device, **common)
     if not args.quiet:
         print(summary(report, args.rank) if report.sink == "adapter" else fused_summary(report))
 
@@ -113,7 +140,11 @@ def summary(report, asked_rank=None) -> str:
         f"merged {len(report.inputs)} adapter{'s' if len(report.inputs) != 1 else ''} with {report.method}: {len(report.modules)} modules, "
         f"rank {report.rank} → {report.output} ({report.seconds:.1f} s)"
     ]
-    if asked_rank is not None and asked_rank > report.rank:
+    if asked_rank == "auto":
+        ranks = sorted(m.rank for m in report.modules)
+        lines.append(f"--rank auto: per-module ranks {ranks[0]}–{ranks[-1]} (median {ranks[len(ranks) // 2]}), "
+                     f"written at the largest, {report.rank}, zero-padded")
+    elif asked_rank is not None and asked_rank > report.rank:
         lines.append(f"--rank {asked_rank} is above the exact rank; wrote rank {report.rank}, which is lossless")
     if report.lossless:
         lines.append("exact: no truncation (energy kept 100%)")

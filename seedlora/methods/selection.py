@@ -12,6 +12,7 @@ CHUNK so memory stays at K x CHUNK values whatever the tensor size.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import MethodError
@@ -32,11 +33,18 @@ def probabilities(weights: torch.Tensor) -> torch.Tensor:
 
 
 def draw_sources(n: int, probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """n independent source indices i ~ probs (CPU int64), by inverse-CDF search."""
-    cdf = probs.cumsum(0)
+    """n independent source indices i ~ probs (CPU int64), by inverse-CDF search.
+
+    The index is the number of CDF values <= u (searchsorted's right side), counted with K
+    vectorised comparisons: the same numbers as torch.searchsorted, ~2x faster for small K.
+    """
+    cdf = probs.cumsum(0).numpy()
     last = int(torch.nonzero(probs > 0).max())  # guards u ≥ cdf[-1] from rounding
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=last)
+    u = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
+    picks = np.zeros(n, dtype=np.int64)
+    for bound in cdf:
+        np.add(picks, u >= bound, out=picks, casting="unsafe")
+    return torch.from_numpy(picks).clamp_(max=last)
 
 
 def _round_generators(generator: torch.Generator, rounds: int) -> list[torch.Generator]:
@@ -48,15 +56,22 @@ def _round_generators(generator: torch.Generator, rounds: int) -> list[torch.Gen
     return gens
 
 
-def _select_chunk(stack: torch.Tensor, probs: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
-    """Selection with resampling for one chunk; `stack` is K x m."""
-    picks = draw_sources(stack.shape[1], probs, gens[0]).to(stack.device)
-    values = stack.gather(0, picks[None]).squeeze(0)  # m
+def _pick(chunks: list[torch.Tensor], picks: torch.Tensor, out: torch.Tensor) -> None:
+    """out[j] = chunks[picks[j]][j]: numpy's choose on CPU (no K x m copy), else stack + gather."""
+    if out.device.type == "cpu" and len(chunks) <= 32 and all(c.dtype == torch.float32 for c in chunks):
+        np.choose(picks.numpy(), [c.numpy() for c in chunks], out=out.numpy())
+    else:
+        out.copy_(torch.stack([c.float() for c in chunks]).gather(0, picks.to(out.device)[None]).squeeze(0))
+
+
+def _select_chunk(chunks: list[torch.Tensor], probs: torch.Tensor, gens: list[torch.Generator],
+                  out: torch.Tensor) -> None:
+    """Selection with resampling for one chunk of each input, written into `out`."""
+    _pick(chunks, draw_sources(out.numel(), probs, gens[0]), out)
     for gen in gens[1:]:
-        zeros = torch.nonzero(values == 0).squeeze(1)
-        fresh = draw_sources(zeros.numel(), probs, gen).to(stack.device)
-        values[zeros] = stack[fresh, zeros]
-    return values
+        zeros = torch.nonzero(out == 0).squeeze(1)
+        fresh = draw_sources(zeros.numel(), probs, gen).to(out.device)
+        out[zeros] = torch.stack([c[zeros].float() for c in chunks]).gather(0, fresh[None]).squeeze(0)
 
 
 def merge_deltas(
@@ -68,8 +83,7 @@ def merge_deltas(
     flats = [d.reshape(-1) for d in deltas]
     out = torch.empty(flats[0].numel(), dtype=torch.float32, device=flats[0].device)
     for start in range(0, out.numel(), CHUNK):
-        stack = torch.stack([f[start : start + CHUNK].float() for f in flats])  # K x m
-        out[start : start + CHUNK] = _select_chunk(stack, probs, gens)
+        _select_chunk([f[start : start + CHUNK] for f in flats], probs, gens, out[start : start + CHUNK])
     return out.view(deltas[0].shape)
 
 

@@ -7,24 +7,34 @@ combine: "sum" = Σ w_i τ̂_i, or "sign_elect" = TIES sign election + disjoint 
   magnitude_prune = magnitude + sum          (default weight 1/K)
   dare_linear     = random    + sum          (default weight 1/K)
   dare_ties       = random    + sign_elect   (default weight 1)
-Masks are boolean, one per input; sparsified tensors are recomputed from them on the fly so
-memory stays at K masks plus a few dense buffers.
+Every step runs a block of entries at a time (K + 5 rows of CPU_BLOCK float32 values, which
+stay in a core's cache) with vectorised float kernels, so memory is the K inputs, the result
+and, for random drops, K boolean masks. Magnitude trims need no mask at all: the exact k-th
+largest |τ_i| (methods.topk) makes them one hardshrink per block. On CPU the result is bit for
+bit what the straightforward whole-tensor formulas give (tests/test_reference_outputs.py).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import partial
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .base import MergeMethod, Param, density_in_unit_interval
-from .linear import weighted_sum
+from .linear import weighted_sum  # noqa: F401  (re-exported: the family's "sum" combine)
+from .topk import keep_mask, kth_largest_magnitude, shrink_level
 
 TIES_PAPER = "https://arxiv.org/abs/2306.01708"
 DARE_PAPER = "https://arxiv.org/abs/2311.03099"
+CPU_BLOCK = 32704  # entries per step of the combine: K + 5 float32 rows stay in L2, and below torch's
+# 32768-entry grain, each elementwise op runs on one thread (splitting 32K entries over busy cores costs more)
+DEVICE_BLOCK = 1 << 24  # on a GPU, few large launches
+RANDOM_CHUNK = 1 << 20  # uniform draws per step when drawing a DARE mask
 
 
 def keep_count(numel: int, density: float) -> int:
@@ -36,41 +46,127 @@ def keep_count(numel: int, density: float) -> int:
 
 
 def magnitude_keep_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Boolean mask of the ⌈ρ·numel⌉ largest-magnitude entries of `delta`."""
+    """Boolean mask of the ⌈ρ·numel⌉ largest-magnitude entries of `delta` (ties: row-major order)."""
     k = keep_count(delta.numel(), density)
-    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
     if k == delta.numel():
-        return mask.fill_(True).view(delta.shape)
-    mask[torch.topk(delta.reshape(-1).abs(), k, sorted=False).indices] = True
-    return mask.view(delta.shape)
+        return torch.ones(delta.shape, dtype=torch.bool, device=delta.device)
+    return keep_mask(delta, kth_largest_magnitude(delta, k))
 
 
 def random_keep_mask(shape: torch.Size, density: float, generator: torch.Generator) -> torch.Tensor:
-    """Boolean mask keeping each entry independently with probability ρ (seeded draw)."""
-    return torch.rand(shape, generator=generator) < density
+    """Boolean mask keeping each entry independently with probability ρ (seeded draw, on the CPU).
+
+    Drawn a chunk at a time into the mask: the same numbers as one torch.rand(shape) < ρ (the CPU
+    generator is sequential), without a float32 copy of the whole shape.
+    """
+    mask = torch.empty(shape, dtype=torch.bool)
+    flat, level = mask.view(-1).numpy(), np.float32(density)  # torch compares float32 u with float32(ρ) too
+    for start in range(0, flat.size, RANDOM_CHUNK):
+        stop = min(flat.size, start + RANDOM_CHUNK)
+        np.less(torch.rand(stop - start, generator=generator).numpy(), level, out=flat[start:stop])
+    return mask
 
 
-def _sparsified(delta: torch.Tensor, mask: torch.Tensor, rescale: Optional[float]) -> torch.Tensor:
-    """τ ⊙ mask, divided by ρ when rescaling (a new tensor; the input is untouched)."""
-    out = delta.float() * mask
-    return out.div_(rescale) if rescale is not None else out
+@dataclass(frozen=True)
+class Trim:
+    """How one input is sparsified, applied a block at a time: τ ⊙ mask (÷ρ when rescaling).
+
+    The mask is either a magnitude level (hardshrink keeps |τ| > level: one vectorised op, no
+    mask in memory) plus the few `extra` entries tied at the cut that the top k also keep, or a
+    stored boolean mask (random drops; non-float32 inputs).
+    """
+
+    delta: torch.Tensor  # flat view of the input
+    level: float = 0.0  # used when there is no mask; 0.0 keeps every nonzero (no trim)
+    mask: Optional[torch.Tensor] = None  # flat bool
+    rescale: Optional[float] = None
+    extra: Optional[torch.Tensor] = None  # sorted flat indices kept besides |τ| > level
+
+    def block(self, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
+        values = self.delta[start:stop]
+        values = values if values.dtype == torch.float32 else values.float()
+        if self.mask is None:
+            torch.ops.aten.hardshrink.out(values, self.level, out=out)
+            if self.extra is not None and self.extra.numel():
+                first, last = (int(torch.searchsorted(self.extra, bound)) for bound in (start, stop))
+                where = self.extra[first:last] - start
+                out[where] = values[where]
+        else:
+            torch.mul(values, self.mask[start:stop], out=out)
+        return out.div_(self.rescale) if self.rescale is not None else out
+
+
+def magnitude_trim(delta: torch.Tensor, density: float) -> Trim:
+    """Keep the ⌈ρ·numel⌉ largest |τ|: a hardshrink level, plus the tied entries kept at the cut."""
+    flat = delta.reshape(-1)
+    k = keep_count(flat.numel(), density)
+    if k == flat.numel():
+        return Trim(flat, mask=torch.ones_like(flat, dtype=torch.bool))
+    threshold = kth_largest_magnitude(flat, k)
+    if flat.dtype != torch.float32:
+        return Trim(flat, mask=keep_mask(flat, threshold))
+    if threshold.takes_all_tied:
+        return Trim(flat, level=shrink_level(threshold, flat.dtype))
+    return Trim(flat, level=threshold.value, extra=threshold.ties_kept(flat).to(flat.device))
+
+
+def _block_size(device: torch.device) -> int:
+    return CPU_BLOCK if device.type == "cpu" else DEVICE_BLOCK
+
+
+def combine_trimmed(trims: list[Trim], coeffs: list[float], combine: str, majority_sign: str = "total") -> torch.Tensor:
+    """Σ w_i τ̂_i ("sum") or TIES sign election + disjoint mean, block by block (flat, float32)."""
+    device = trims[0].delta.device
+    size, step = trims[0].delta.numel(), _block_size(device)
+    out = torch.empty(size, dtype=torch.float32, device=device)
+    work = torch.empty(len(trims) + 5, min(step, max(size, 1)), dtype=torch.float32, device=device)
+    for start in range(0, size, step):
+        stop = min(size, start + step)
+        rows = work[:, : stop - start]
+        sparse = [trim.block(start, stop, rows[i]) for i, trim in enumerate(trims)]
+        if combine == "sum":
+            _sum_block(sparse, coeffs, out[start:stop])
+        else:
+            _sign_elect_block(sparse, coeffs, majority_sign, rows[len(trims):], out[start:stop])
+    return out
+
+
+def _sum_block(sparse: list, coeffs: list, out: torch.Tensor) -> None:
+    """out = Σ c_i τ̂_i, summed from +0 in input order (as linear.weighted_sum)."""
+    out.zero_()
+    for values, coeff in zip(sparse, coeffs):
+        out.add_(values, alpha=coeff)
+
+
+def _sign_elect_block(sparse: list, coeffs: list, majority_sign: str, scratch: torch.Tensor, out: torch.Tensor) -> None:
+    """TIES steps 2–3 on one block, with vectorised float kernels only (no bool tensors).
+
+    elect: γ = sign(Σ τ̂_i) or sign(Σ sign τ̂_i), 0 → +1. agree: p_i = relu(γ τ̂_i) is |τ̂_i| where
+    τ̂_i agrees with γ (and is nonzero), else 0. merge: γ · (Σ w_i p_i) / max(1, Σ sign p_i).
+    Multiplying by γ = ±1 commutes exactly with rounding, so this equals summing the signed
+    values; the final + 0.0 turns the −0 of γ = −1 with no agreeing input into +0.
+    """
+    score, elected, agree, total, count = scratch
+    for i, values in enumerate(sparse):
+        term = values if majority_sign == "total" else torch.sign(values, out=agree)
+        if i == 0:
+            score.copy_(term)
+        else:
+            score.add_(term)
+    torch.sign(score, out=elected).add_(0.5).sign_()
+    total.zero_()
+    count.zero_()
+    for values, coeff in zip(sparse, coeffs):
+        torch.mul(values, elected, out=agree).relu_()
+        total.add_(agree, alpha=coeff)
+        count.add_(agree.sign_())
+    torch.div(total, count.clamp_(min=1.0), out=out).mul_(elected).add_(0.0)
 
 
 def sign_elect_merge(sparse: list[torch.Tensor], coeffs: list[float], majority_sign: str) -> torch.Tensor:
     """TIES steps 2–3: elect γ per entry, then average w_i τ̂_i over the inputs agreeing with it."""
-    # elect sign: γ = sign(Σ τ̂_i) ("total") or sign(Σ sign τ̂_i) ("frequency"); ties → +1
-    score = torch.zeros_like(sparse[0])
-    for t in sparse:
-        score.add_(t if majority_sign == "total" else t.sign())
-    elected = torch.where(score >= 0, 1.0, -1.0)
-    # disjoint merge: zeros never agree (sign 0 ≠ ±1)
-    total = torch.zeros_like(score)
-    count = torch.zeros_like(score)
-    for t, w in zip(sparse, coeffs):
-        agree = t.sign() == elected
-        total.add_(torch.where(agree, t, 0.0), alpha=w)
-        count.add_(agree.float())
-    return total.div_(count.clamp_(min=1.0))
+    trims = [Trim(t.reshape(-1)) for t in sparse]  # level 0: already sparse, nothing more dropped
+    return combine_trimmed(trims, [float(c) for c in coeffs], "sign_elect", majority_sign).view(sparse[0].shape)
 
 
 def merge_masked(
@@ -82,11 +178,8 @@ def merge_masked(
     majority_sign: str = "total",
 ) -> torch.Tensor:
     """Apply given keep-masks (rescaling kept entries by 1/rescale if set), then combine."""
-    sparse = [_sparsified(d, m, rescale) for d, m in zip(deltas, masks)]
-    coeffs = [float(w) for w in weights]
-    if combine == "sum":
-        return weighted_sum(sparse, coeffs)
-    return sign_elect_merge(sparse, coeffs, majority_sign)
+    trims = [Trim(d.reshape(-1), mask=m.reshape(-1).to(d.device), rescale=rescale) for d, m in zip(deltas, masks)]
+    return combine_trimmed(trims, [float(w) for w in weights], combine, majority_sign).view(deltas[0].shape)
 
 
 def merge_sparsified(
@@ -98,15 +191,15 @@ def merge_sparsified(
     drop: str,
     combine: str,
 ) -> torch.Tensor:
-    """The family's merge_deltas: draw masks by `drop`, then `merge_masked`."""
+    """The family's merge_deltas: trim by magnitude or draw random masks (CPU generator), then combine."""
     density = params["density"]
     if drop == "magnitude":
-        masks = [magnitude_keep_mask(d, density) for d in deltas]
-        rescale = None
+        trims = [magnitude_trim(d, density) for d in deltas]
     else:
-        masks = [random_keep_mask(d.shape, density, generator).to(d.device) for d in deltas]
-        rescale = density
-    return merge_masked(deltas, weights, masks, rescale, combine, params.get("majority_sign", "total"))
+        trims = [Trim(d.reshape(-1), mask=random_keep_mask(d.shape, density, generator).view(-1).to(d.device),
+                      rescale=density) for d in deltas]
+    merged = combine_trimmed(trims, [float(w) for w in weights], combine, params.get("majority_sign", "total"))
+    return merged.view(deltas[0].shape)
 
 
 def _density(default: float) -> Param:

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
+from ..device import resolve_device
 from ..sources.identity import display_name, input_facts
 from .estimate import Preview, preview
 from .merger import MergedModule, Merger
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 
 def run_merge(sources: Sequence, sink, method="linear", weights: Optional[Sequence[float]] = None,
               params: Optional[dict] = None, seed: int = 0, base=None, strict: bool = False,
-              progress=False) -> MergeReport:
-    """Merge opened `sources` into `sink` (sinks.AdapterFolderSink, FusedModelSink, PeftModelSink)."""
+              progress=False, device="cpu") -> MergeReport:
+    """Merge opened `sources` into `sink` (sinks.AdapterFolderSink, FusedModelSink, PeftModelSink) on `device`."""
     started = time.perf_counter()
+    device = resolve_device(device)
     plan = plan_merge(sources, method, weights, params, seed, base=base, strict=strict)
     sink.prepare(plan)
     log.info("merging %d input(s) with %s: %d module(s) -> %s %s", len(plan.sources), plan.method.name,
@@ -34,7 +36,7 @@ def run_merge(sources: Sequence, sink, method="linear", weights: Optional[Sequen
                          str(sink.output), inputs=[display_name(s) for s in plan.sources], warnings=list(plan.warnings))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedlora-provenance") as background:
         facts = background.submit(input_facts, plan.sources, plan.base)
-        sink.write(plan, Merger(plan, progress), report, facts)
+        sink.write(plan, Merger(plan, progress, device), report, facts)
         facts.result()  # surface a hashing error here rather than lose it
     report.seconds = time.perf_counter() - started
     log.info("wrote %s in %.1f s", sink.output, report.seconds)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..lowrank import EXACT_SVD_MAX_DIM
+from ..dense_lowrank import OVERSAMPLE, uses_exact_svd
 from .plan import MergePlan
 
 DISK_BYTES_PER_S = 500e6  # assumed: a plain SSD; stated with every estimate
@@ -114,8 +114,8 @@ def module_flops(target, dense: bool, rank, exact_rank: int) -> float:
     flops = 2.0 * out * inp * total_rank + method_flops(out * inp, k)  # form the deltas, then the method
     if rank is not None:
         small = min(out, inp)
-        exact_svd = small <= EXACT_SVD_MAX_DIM or 2 * (rank + 10) >= small
-        flops += 10.0 * out * inp * small if exact_svd else 20.0 * out * inp * (rank + 10)
+        exact_svd = uses_exact_svd((out, inp), rank)
+        flops += 10.0 * out * inp * small if exact_svd else 12.0 * out * inp * (rank + OVERSAMPLE)
     return flops
 
 

@@ -6,6 +6,11 @@ methods combine factors exactly (no out x in matrix); otherwise the updates are 
 the method's dense rule runs, drawing from a generator seeded by (seed, module name), so every
 sink gets the same numbers whatever order it asks in. A LoRA bias is a second tensor of the
 module, merged by the same method with its own generator.
+
+Device: every tensor of a module is moved to the merge's device as it is read (factors by the
+sources themselves), merged and truncated there; random draws still come from the CPU generator.
+Dense updates are materialised into a pool of K flat float32 buffers reused from module to
+module (sized by the largest module), so a 7B merge does not page-fault fresh memory for each.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
+from ..device import resolve_device
 from ..errors import IncompatibleInputsError
 from ..lowrank import LowRank
 from ..methods.base import split_stats
@@ -31,24 +37,56 @@ class MergedModule:
     bias: Optional[torch.Tensor] = None
     stats: dict = field(default_factory=dict)
 
+    def cpu(self) -> "MergedModule":
+        """The same module with its tensors on the CPU (for writers)."""
+        weight = self.weight
+        weight = LowRank(B=weight.B.cpu(), A=weight.A.cpu()) if isinstance(weight, LowRank) else weight.cpu()
+        return MergedModule(weight, None if self.bias is None else self.bias.cpu(), self.stats)
+
+
+class DeltaPool:
+    """K flat float32 buffers reused for the materialised updates of one module after another."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buffers: list = []
+
+    def dense(self, slot: int, factors: LowRank) -> torch.Tensor:
+        """factors.B @ factors.A written into buffer `slot` (valid until the slot is reused)."""
+        shape = factors.shape
+        size = shape[0] * shape[1]
+        while len(self.buffers) <= slot:
+            self.buffers.append(torch.empty(0, dtype=torch.float32, device=self.device))
+        if self.buffers[slot].numel() < size:
+            self.buffers[slot] = torch.empty(size, dtype=torch.float32, device=self.device)
+        return torch.mm(factors.B, factors.A, out=self.buffers[slot][:size].view(shape))
+
+    def owns(self, tensor: torch.Tensor) -> bool:
+        """True when `tensor` lives in one of the pool's buffers (a method returned an input as is)."""
+        return any(tensor.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() for b in self.buffers)
+
 
 class Merger:
-    """Merges what a plan describes, one module (or tensor) at a time, on request."""
+    """Merges what a plan describes, one module (or tensor) at a time, on request, on `device`."""
 
-    def __init__(self, plan: MergePlan, progress=False):
+    def __init__(self, plan: MergePlan, progress=False, device="cpu"):
         self.plan = plan
         self.progress = progress
+        self.device = resolve_device(device)
+        self.pool = DeltaPool(self.device)
 
     # ---- LoRA modules
     def module(self, name: str) -> MergedModule:
         plan, target = self.plan, self.plan.modules[name]
         dense = target.dora or not plan.method.low_rank
-        updates = [self._input_update(source, name, dense) for source in plan.sources]
+        updates = [self._input_update(slot, source, name, dense) for slot, source in enumerate(plan.sources)]
         if dense:
             output = plan.method.merge_deltas(updates, plan.weights, plan.params, module_generator(plan.seed, name))
         else:
             output = plan.method.merge_factors(updates, plan.weights, plan.params)
         weight, stats = split_stats(output)
+        if isinstance(weight, torch.Tensor) and self.pool.owns(weight):
+            weight = weight.clone()  # the pool's buffers are reused by the next module
         return MergedModule(weight, self._bias(name) if target.bias else None, stats)
 
     def each_module(self, names, description: str) -> Iterator[tuple]:
@@ -56,23 +94,25 @@ class Merger:
         for name in progress_bar(list(names), self.progress, description, "module"):
             yield name, self.module(name)
 
-    def _input_update(self, source, name: str, dense: bool):
-        target = self.plan.modules[name]
+    def _input_update(self, slot: int, source, name: str, dense: bool):
+        target, device = self.plan.modules[name], self.device
         module = source.modules.get(name)
         if module is None:  # not adapted by this input: a zero update
             if dense:
-                return torch.zeros(target.shape, dtype=torch.float32)
-            return LowRank(B=torch.zeros(target.out_features, 0), A=torch.zeros(0, target.in_features))
-        factors = source.factors(name)
+                return torch.zeros(target.shape, dtype=torch.float32, device=device)
+            return LowRank(B=torch.zeros(target.out_features, 0, device=device),
+                           A=torch.zeros(0, target.in_features, device=device))
+        factors = source.factors(name, device=device)
         if module.dora:
-            return dora_update(self.base_weight(name), factors.dense(), source.magnitude(name))
-        return factors.dense() if dense else factors
+            magnitude = source.magnitude(name).to(device)
+            return dora_update(self.base_weight(name).to(device), factors.dense(), magnitude)
+        return self.pool.dense(slot, factors) if dense else factors
 
     def _bias(self, name: str) -> torch.Tensor:
         target, plan = self.plan.modules[name], self.plan
         zero = torch.zeros(target.out_features, dtype=torch.float32)
         biases = [(s.bias(name) if name in s.modules else None) for s in plan.sources]
-        biases = [zero if b is None else b for b in biases]
+        biases = [(zero if b is None else b).to(self.device) for b in biases]
         output = plan.method.merge_deltas(biases, plan.weights, plan.params, module_generator(plan.seed, name + ".bias"))
         return split_stats(output)[0]
 
@@ -97,16 +137,16 @@ class Merger:
         merged = {}
         for param, _ in target.shapes:
             generator = module_generator(plan.seed, f"{module}.{param}")
-            values = [s.saved_tensor(module, param).to(torch.float32) if present else None
+            values = [s.saved_tensor(module, param).to(self.device, torch.float32) if present else None
                       for s, present in zip(plan.sources, target.present)]
             if plan.method.name == "linear" and all(target.present):
                 output = plan.method.merge_deltas(values, plan.weights, plan.params, generator)
                 merged[param] = split_stats(output)[0]
                 continue
-            base = self._saved_base(module, param)
+            base = self._saved_base(module, param).to(self.device)
             deltas = [torch.zeros_like(base) if v is None else v - base for v in values]
             merged[param] = base + split_stats(plan.method.merge_deltas(deltas, plan.weights, plan.params, generator))[0]
-        return merged
+        return {param: tensor.cpu() for param, tensor in merged.items()}
 
     def _saved_base(self, module: str, param: str) -> torch.Tensor:
         if self.plan.base is not None:
@@ -132,9 +172,10 @@ class Merger:
         """(base tensor, merged task vector, the method's stats) for a checkpoint merge of tensor `name`."""
         plan = self.plan
         weight = plan.base.load(plan.base.tensors[name])
-        deltas = [checkpoint.task_vector(name, weight) for checkpoint in plan.sources]
+        deltas = [checkpoint.task_vector(name, weight).to(self.device) for checkpoint in plan.sources]
         output = plan.method.merge_deltas(deltas, plan.weights, plan.params, module_generator(plan.seed, name))
-        return (weight, *split_stats(output))
+        merged, stats = split_stats(output)
+        return weight, merged.cpu(), stats
 
 
 def progress_bar(items, progress, description: str, unit: str):

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from .. import peft_format as fmt
 from ..errors import MethodError, UnsupportedFeatureError
 from ..pipeline.plan import MergePlan
-from ..pipeline.rank import cuts_anything, target_rank, to_factors
+from ..pipeline.rank import factor_modules, rank_choice, upper_rank, warn_if_dense_energy_low
 from ..pipeline.report import MergeReport
 from .config_file import CONFIG_NAME as SETTINGS_NAME, config_text
 from .model_card import model_card
@@ -33,24 +33,26 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 class AdapterFolderSink:
-    """A new PEFT adapter folder at `output`. `rank`/`vllm` choose the uniform rank, `dtype` the factors' dtype."""
+    """A new PEFT adapter folder at `output`. `rank` (int, "auto" with `energy`) and `vllm` choose the
+    uniform rank, `dtype` the factors' dtype."""
 
     kind = "adapter"
 
-    def __init__(self, output, overwrite: bool = False, rank: Optional[int] = None, dtype: Optional[str] = None,
-                 vllm: bool = False):
+    def __init__(self, output, overwrite: bool = False, rank=None, dtype: Optional[str] = None,
+                 vllm: bool = False, energy: Optional[float] = None):
         self.output, self.overwrite, self.rank, self.dtype_name, self.vllm = Path(output), overwrite, rank, dtype, vllm
+        self.energy = energy
 
     def prepare(self, plan: MergePlan) -> None:
         """Everything checkable before compute: output path, rank, dtype, features PEFT cannot hold."""
         check_output_path(self.output, protected_paths(plan))
         check_output_free(self.output, self.overwrite)
         refuse_unwritable(plan, self.rank)
-        self.target_rank = target_rank(plan, self.rank, self.vllm)
+        self.choice = rank_choice(plan, self.rank, self.vllm, self.energy)
+        self.target_rank = upper_rank(plan, self.choice)  # what a dry run estimates with
         self.dtype = output_dtype(plan, self.dtype_name)
 
     def write(self, plan: MergePlan, merger, report: MergeReport, facts) -> None:
-        report.rank = self.target_rank
         state = self._factor_state(plan, merger, report)
         for module in plan.saved:
             for param, tensor in merger.saved(module).items():
@@ -59,9 +61,10 @@ class AdapterFolderSink:
         for module in plan.copies:
             state[fmt.base_copy_key(module)] = merger.copy(module).contiguous()
         targets, layers = output_targets(plan)
-        config = fmt.adapter_config(plan.sources[0].config, self.target_rank, targets, layers=layers,
+        config = fmt.adapter_config(plan.sources[0].config, report.rank, targets, layers=layers,
                                     lora_bias=any(t.bias for t in plan.modules.values()), modules_to_save=list(plan.saved))
-        settings = config_text(plan, fuse=False, rank=self.rank, dtype=self.dtype_name, vllm=self.vllm)
+        energy = self.choice.energy if self.choice.auto else None
+        settings = config_text(plan, fuse=False, rank=self.rank, energy=energy, dtype=self.dtype_name, vllm=self.vllm)
         with staged_output(self.output, self.overwrite) as staging:
             write_json(staging / fmt.CONFIG_NAME, config)
             save_file(state, str(staging / fmt.WEIGHTS_NAME), metadata={"format": "pt"})
@@ -71,18 +74,17 @@ class AdapterFolderSink:
             (staging / CARD_NAME).write_text(model_card(report, base_model_name(plan), facts.result(), settings))
 
     def _factor_state(self, plan: MergePlan, merger, report: MergeReport) -> dict:
-        state, cuts = {}, cuts_anything(plan, self.target_rank)
+        state = {}
         with_bias = any(t.bias for t in plan.modules.values())
-        for name, merged in merger.each_module(plan.modules, f"merging ({plan.method.name})"):
-            factors, result = to_factors(plan, name, merged.weight, self.target_rank, weigh=cuts)
-            result.stats = merged.stats
-            report.modules.append(result)
+        _, modules = factor_modules(plan, merger, self.choice, report)
+        for name, (factors, bias) in modules.items():
             a_key, b_key = fmt.factor_keys(name, plan.modules[name].embedding)
             state[a_key] = factors.A.to(self.dtype).contiguous()
             state[b_key] = factors.B.to(self.dtype).contiguous()
             if with_bias:  # PEFT gives every module a bias under lora_bias=True: zero where none was merged
-                bias = merged.bias if merged.bias is not None else torch.zeros(factors.B.shape[0])
+                bias = bias if bias is not None else torch.zeros(factors.B.shape[0])
                 state[fmt.bias_key(name)] = bias.to(self.dtype).contiguous()
+        warn_if_dense_energy_low(plan, report, self.choice)
         return state
 
 

@@ -132,7 +132,7 @@ class PendingModules:
 
     def take(self, module: str, part: str):
         if module not in self._merged:
-            self._merged[module] = self.merger.module(module)
+            self._merged[module] = self.merger.module(module).cpu()  # fused on the CPU, beside the mmap
         merged = self._merged[module]
         self._uses[module] -= 1
         if self._uses[module] == 0:

@@ -15,7 +15,7 @@ import torch
 from .. import peft_format as fmt
 from ..errors import IncompatibleInputsError
 from ..pipeline.plan import MergePlan
-from ..pipeline.rank import cuts_anything, target_rank, to_factors
+from ..pipeline.rank import factor_modules, rank_choice, upper_rank, warn_if_dense_energy_low
 from ..pipeline.report import MergeReport
 from .adapter_folder import refuse_unwritable
 
@@ -25,30 +25,26 @@ class PeftModelSink:
 
     kind = "peft_model"
 
-    def __init__(self, model, adapter_name: str, rank: Optional[int] = None):
-        self.model, self.adapter_name, self.rank = model, adapter_name, rank
+    def __init__(self, model, adapter_name: str, rank=None, energy: Optional[float] = None):
+        self.model, self.adapter_name, self.rank, self.energy = model, adapter_name, rank, energy
         self.output = adapter_name
 
     def prepare(self, plan: MergePlan) -> None:
         if self.adapter_name in getattr(self.model, "peft_config", {}):
             raise IncompatibleInputsError(f"adapter '{self.adapter_name}' already exists in the model; choose a new name")
         refuse_unwritable(plan, self.rank)
-        self.target_rank = target_rank(plan, self.rank, vllm=False)
+        self.choice = rank_choice(plan, self.rank, vllm=False, energy=self.energy)
+        self.target_rank = upper_rank(plan, self.choice)  # what a dry run estimates with
 
     def write(self, plan: MergePlan, merger, report: MergeReport, facts) -> None:
         from peft import LoraConfig
 
-        report.rank = self.target_rank
-        merged, cuts = {}, cuts_anything(plan, self.target_rank)
-        for name, module in merger.each_module(plan.modules, f"merging ({plan.method.name})"):
-            factors, result = to_factors(plan, name, module.weight, self.target_rank, weigh=cuts)
-            result.stats = module.stats
-            report.modules.append(result)
-            merged[name] = (factors, module.bias)
+        rank, merged = factor_modules(plan, merger, self.choice, report)
+        warn_if_dense_energy_low(plan, report, self.choice)
         saved = {module: merger.saved(module) for module in plan.saved}
         first = plan.sources[0].config
         config = LoraConfig(
-            r=self.target_rank, lora_alpha=self.target_rank, target_modules=sorted(plan.modules), lora_dropout=0.0,
+            r=rank, lora_alpha=rank, target_modules=sorted(plan.modules), lora_dropout=0.0,
             fan_in_fan_out=bool(first.get("fan_in_fan_out", False)), use_rslora=False,
             lora_bias=any(t.bias for t in plan.modules.values()), modules_to_save=sorted(saved) or None,
         )

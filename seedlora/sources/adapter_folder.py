@@ -138,11 +138,12 @@ class LoraAdapter:
         return [entry[r] for entry in self._keys.values() for r in ("A", "B")]
 
     # ---- tensors, one module at a time
-    def factors(self, name: str) -> LowRank:
-        """Module `name`'s update as float32 factors, scale folded into B (B is a new tensor)."""
+    def factors(self, name: str, device=None) -> LowRank:
+        """Module `name`'s update as float32 factors on `device` (default CPU), scale folded into B (a new tensor)."""
         module, keys, where = self.modules[name], self._keys[name], f"{self.weights_file}: module {name}"
-        A = check_finite(self.store.get(keys["A"]).to(torch.float32), where, "lora_A")  # float32 on disk: a view
-        B = check_finite(self.store.get(keys["B"]).to(torch.float32) * module.scale, where, "lora_B")
+        device = torch.device("cpu") if device is None else device
+        A = check_finite(self.store.get(keys["A"]).to(device, torch.float32), where, "lora_A")  # float32 CPU: a view
+        B = check_finite(self.store.get(keys["B"]).to(device, torch.float32) * module.scale, where, "lora_B")
         return LowRank(B=B, A=A)
 
     def bias(self, name: str) -> Optional[torch.Tensor]:

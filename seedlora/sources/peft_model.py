@@ -87,10 +87,12 @@ class PeftModelAdapter:
             dora=bool(getattr(layer, "use_dora", {}).get(self.adapter_name)),
         )
 
-    def factors(self, name: str) -> LowRank:
+    def factors(self, name: str, device=None) -> LowRank:
+        """Module `name`'s factors copied out of the model as float32 on `device` (default CPU), scale in B."""
         where = f"{self.label}: module {name}"
-        A = self._factor(name, "A").detach().to("cpu", torch.float32).clone()
-        B = self._factor(name, "B").detach().to("cpu", torch.float32) * self.modules[name].scale
+        device = "cpu" if device is None else device
+        A = self._factor(name, "A").detach().to(device, torch.float32).clone()
+        B = self._factor(name, "B").detach().to(device, torch.float32) * self.modules[name].scale
         return LowRank(B=check_finite(B, where, "lora_B"), A=check_finite(A, where, "lora_A"))
 
     def bias(self, name: str) -> Optional[torch.Tensor]:
