@@ -130,7 +130,7 @@ def imbalance(singles: list[Path], merged: dict, out: Path, args) -> dict | None
     """The parameter-selection paper's picture for this task's runs and the seedlora merge."""
     if args.no_diagnose:
         return None
-    from seedlora.diagnose import diagnose
+    from seedlora.analysis.diagnose import diagnose
 
     result = diagnose(singles, out / "imbalance.png", merged=merged["seedlora"]["path"], progress=not args.quiet)
     return {k: v for k, v in result.items() if k != "output"}
