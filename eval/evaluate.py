@@ -174,7 +174,8 @@ def evaluate_model(model, tokenizer, examples: list[Example], kind: str, labels:
         "loss": sum(totals) / max(1, sum(counts)),
         "accuracy": sum(correct) / len(correct),
         "correct": int(sum(correct)),
-        "per_example": {"loss": [t / max(1, c) for t, c in zip(totals, counts)], "correct": correct, "prediction": predictions},
+        "per_example": {"loss": [t / max(1, c) for t, c in zip(totals, counts)], "tokens": [int(c) for c in counts],
+                        "correct": correct, "prediction": predictions},
     }
 
 
@@ -216,8 +217,9 @@ def evaluate_models(
     dtype: str = "float32",
     backend: str = "transformers",
     progress: bool = True,
+    include_base: bool = True,
 ) -> dict:
-    """Evaluate the base model (as "base") and every candidate on one held-out file.
+    """Evaluate the base model (as "base", unless not `include_base`) and every candidate on one held-out file.
 
     `candidates` maps a display name to an adapter or model folder; `roles` tags names
     ("single", "merged", ...) for the table. `data_format` holds the same field, chat-template
@@ -231,7 +233,7 @@ def evaluate_models(
         raise SeedLoraError(f"backend {backend!r} / dtype {dtype!r} / match {match!r} (eval/evaluate.py): "
                             f"use transformers|vllm, {'|'.join(DTYPES)} and {'|'.join(MATCHES)}")
     kind, base = KINDS[task], Path(base)
-    paths = {"base": None, **{name: Path(p) for name, p in candidates.items()}}
+    paths = {**({"base": None} if include_base else {}), **{name: Path(p) for name, p in candidates.items()}}
     for path in paths.values():
         if path is not None:
             candidate_kind(path)  # validate every folder before any model is loaded

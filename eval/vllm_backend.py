@@ -96,7 +96,8 @@ def _score(engine, lora, tokenizer, examples: list[Example], kind: str, labels: 
         correct = [parse_answer(p, match) == parse_answer(g, match) for p, g in zip(predictions, gold)]
     return {
         "loss": sum(totals) / max(1, sum(counts)), "accuracy": sum(correct) / len(correct), "correct": int(sum(correct)),
-        "per_example": {"loss": [t / max(1, c) for t, c in zip(totals, counts)], "correct": correct, "prediction": predictions},
+        "per_example": {"loss": [t / max(1, c) for t, c in zip(totals, counts)], "tokens": [int(c) for c in counts],
+                        "correct": correct, "prediction": predictions},
     }
 
 

@@ -32,7 +32,7 @@ _ENV = ("CUDA_LAUNCH_BLOCKING", "CUBLAS_WORKSPACE_CONFIG", "ASCEND_LAUNCH_BLOCKI
 def identity(run, seed: int) -> dict:
     """What must match for an existing seed folder to be kept or resumed."""
     config = {k: v for k, v in asdict(run.config).items() if k not in NOT_RESULT}
-    return {"base_model": str(Path(run.base_model).resolve()), "data": run.data_id, "seed": seed, "config": config}
+    return {"base_model": str(Path(run.base_model).resolve()), "data": run.data_digest, "seed": seed, "config": config}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -126,7 +126,8 @@ def write_outputs(run, seed: int, seeds: dict, folder: Path, model, history: dic
     scored = [(r["final_loss"], r["tokens"]) for r in rows if r["final_loss"] is not None]
     log = {
         "complete": True, "identity": history["identity"], "seed": seed, "seeds": seeds, "preset": run.config.preset,
-        "init_digest": history["init_digest"], "base_model": str(Path(run.base_model).resolve()), "data": run.data_id,
+        "init_digest": history["init_digest"], "base_model": str(Path(run.base_model).resolve()), "data": run.data_path,
+        "data_digest": history["identity"]["data"],
         "config": asdict(run.config), "n_train": len(run.train), "n_eval": len(run.held), "steps": history["steps"],
         "steps_per_epoch": run.steps_per_epoch, "epochs": run.epochs, "device": run.device,
         "processes": run.processes, "global_batch": run.global_batch,

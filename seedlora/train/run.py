@@ -11,6 +11,7 @@ the same code trains data-parallel; `batch_size` is then per process.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -28,7 +29,7 @@ class Run:
     """What all seeds of one call share: settings, tokenizer, tokenised data, device."""
 
     base_model: Path
-    data_id: str
+    data_path: str  # resolved file/folder path, or the dataset name
     config: TrainConfig
     tokenizer: object
     train: list[Example]
@@ -38,6 +39,16 @@ class Run:
     progress: str | None = None  # 'bar', 'lines' or None
     log_every: int = 10
     callbacks: list = field(default_factory=list)
+
+    @property
+    def data_digest(self) -> str:
+        """sha256 of the tokenised training and held-out examples: the data as the model sees it."""
+        hasher = hashlib.sha256()
+        for part in (self.train, self.held):
+            for ex in part:
+                hasher.update(repr((ex.index, ex.input_ids, ex.labels)).encode())
+            hasher.update(b"|")
+        return hasher.hexdigest()
 
     @property
     def global_batch(self) -> int:
@@ -78,10 +89,10 @@ def prepare_run(base: Path, data, config: TrainConfig, progress, log_every: int 
         train, held = split_examples(train, config.eval_split, config.fixed_seed)
     elif config.eval_split is not None:
         held = load_examples(config.eval_split, tokenizer, DataFormat(**{**fmt.__dict__, "split": None}))
-    data_id = str(Path(data).resolve()) if Path(str(data)).exists() else str(data)
+    data_path = str(Path(data).resolve()) if Path(str(data)).exists() else str(data)
     mode = _progress_mode(progress)
     processes = PartialState(cpu=device == "cpu").num_processes
-    return Run(Path(base), data_id, config, tokenizer, train, held, device, processes, mode, log_every, list(callbacks))
+    return Run(Path(base), data_path, config, tokenizer, train, held, device, processes, mode, log_every, list(callbacks))
 
 
 def _progress_mode(progress) -> str | None:
