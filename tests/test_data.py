@@ -171,7 +171,7 @@ def test_chat_template_none_refuses_messages_and_a_file_wraps_prompt_completion(
     with pytest.raises(SeedLoraError, match="--chat-template none"):
         load_examples(write_jsonl(tmp_path / "c.jsonl", CHAT), chat_tokenizer, DataFormat(chat_template="none"))
     plain = make_tiny_tokenizer(tmp_path / "plain")
-    with pytest.raises(SeedLoraError, match="tokenizer has no chat template; pass --chat-template PATH"):
+    with pytest.raises(SeedLoraError, match="tokenizer has no chat template to apply to .*; pass --chat-template PATH"):
         load_examples(tmp_path / "c.jsonl", plain)
     template = tmp_path / "chatml.jinja"
     template.write_text(CHATML)
@@ -180,6 +180,8 @@ def test_chat_template_none_refuses_messages_and_a_file_wraps_prompt_completion(
     assert plain.decode(ex.input_ids) == "<|im_start|>user\nTweet 1: nice.<|im_end|>\n<|im_start|>assistant\npositive<|im_end|>\n"
     (auto,) = load_examples(tmp_path / "pc.jsonl", chat_tokenizer)  # auto: no template for prompt/completion rows
     assert chat_tokenizer.decode(auto.input_ids) == "<s>Tweet 1: nice.positive</s>"
+    (own,) = load_examples(tmp_path / "pc.jsonl", chat_tokenizer, DataFormat(chat_template="tokenizer"))
+    assert own == ex and own.answer == "positive"
 
 
 def test_bad_messages_are_refused_with_the_row(tmp_path, chat_tokenizer):

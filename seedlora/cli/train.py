@@ -19,9 +19,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--completion-field", default="completion", help="completion column; loss is on it only (default completion)")
     data.add_argument("--messages-field", default="messages", help="chat column: a list of {role, content} (default messages)")
     data.add_argument("--text-field", help="train on one text column instead (loss on every token)")
-    data.add_argument("--chat-template", default="auto", metavar="auto|none|PATH",
-                      help="auto (default): the tokenizer's template for messages data; none; or a Jinja file, "
-                           "also applied to prompt/completion rows as a user and an assistant turn")
+    data.add_argument("--chat-template", default="auto", metavar="auto|tokenizer|none|PATH",
+                      help="auto (default): the tokenizer's chat template for messages data only; tokenizer: also for "
+                           "prompt/completion rows (a user and an assistant turn); none; or a Jinja file (both kinds)")
     data.add_argument("--split", help="split of a dataset folder or name (default train)")
     data.add_argument("--max-length", type=int, default=512, help="max tokens per example; the prompt is cut from the left (default 512)")
 

@@ -1,9 +1,10 @@
 """Chat templates: which one applies, and a conversation cut into scored and unscored text.
 
 `--chat-template auto` applies the tokenizer's own template to `messages` data and none to
-prompt/completion or text data; `none` applies none (then messages data are refused: they
-have no other text form); a PATH is a Jinja file used instead of the tokenizer's template, for
-messages data and for prompt/completion rows, which become a user turn and an assistant turn.
+prompt/completion or text data; `tokenizer` applies it to prompt/completion rows too, as a
+user turn and an assistant turn (an instruct model fine-tuned on a CSV); `none` applies none
+(then messages data are refused: they have no other text form); a PATH is a Jinja file used
+instead of the tokenizer's template, for messages and prompt/completion rows alike.
 
 Loss is taken on assistant turns only. The conversation is rendered once per assistant turn
 (the turns before it with the generation prompt, then including it), so each assistant turn's
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ..errors import SeedLoraError
 
-CHOICES = ("auto", "none")
+CHOICES = ("auto", "tokenizer", "none")
 
 
 def resolve_template(tokenizer, choice: str, mode: str, source: str) -> str | None:
@@ -27,12 +28,12 @@ def resolve_template(tokenizer, choice: str, mode: str, source: str) -> str | No
             raise SeedLoraError(f"{source} holds chat messages but --chat-template none; "
                                 "pass --chat-template auto (the tokenizer's) or a template file")
         return None
-    if choice == "auto":
-        if mode != "messages":
+    if choice in ("auto", "tokenizer"):
+        if mode == "text" or (choice == "auto" and mode != "messages"):
             return None
         template = getattr(tokenizer, "chat_template", None)
         if not template:
-            raise SeedLoraError(f"{source} holds chat messages but the tokenizer has no chat template; "
+            raise SeedLoraError(f"--chat-template {choice}: the tokenizer has no chat template to apply to {source}; "
                                 "pass --chat-template PATH (a Jinja file)")
         return template
     path = Path(choice)
