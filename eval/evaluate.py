@@ -266,7 +266,7 @@ def _named(text: str) -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None):
-    from seedlora.commands.train import add_data_arguments
+    from seedlora.cli.train import add_data_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="base model folder (holds the tokenizer)")
@@ -291,7 +291,7 @@ def parse_args(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from seedlora.commands.train import data_options
+    from seedlora.cli.train import data_options
 
     from .report import write_report
 

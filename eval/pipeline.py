@@ -38,8 +38,7 @@ def train(base: Path, data: Path, out: Path, seeds: list[int], settings: dict, q
 
 def merge(base: Path, singles: list[Path], method, out: Path, fused: bool) -> dict:
     """Merge the singles with `method` into `out` (exact adapter, or fused model for dense methods)."""
-    from seedlora import merge_adapters
-    from seedlora.fused import fuse_adapters
+    from seedlora import fuse_adapters, merge_adapters
 
     inputs = [fingerprint(p) for p in singles]
     done = out / "done.json"

@@ -1,4 +1,4 @@
-"""README "Your own task": its commands run as written, on a tiny Llama with a chat template as BASE."""
+"""README "Your own task": its commands run as written, with a tiny Llama as BASE."""
 
 import json
 import os
@@ -8,11 +8,8 @@ import sys
 from pathlib import Path
 
 from _tiny import make_tiny_llama
-from seedlora.train import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 def readme_commands() -> str:
@@ -23,10 +20,7 @@ def readme_commands() -> str:
 
 
 def test_readme_own_task_commands_run_as_written(tmp_path):
-    base = make_tiny_llama(tmp_path / "tiny-instruct")
-    tokenizer = load_tokenizer(base)
-    tokenizer.chat_template = CHATML
-    tokenizer.save_pretrained(base)
+    base = make_tiny_llama(tmp_path / "tiny")
     script = readme_commands()
     assert script.startswith("BASE=")
     script = re.sub(r"^BASE=\S+", f"BASE={base}", script)  # the only change: a tiny base model
@@ -41,4 +35,4 @@ def test_readme_own_task_commands_run_as_written(tmp_path):
     assert result["labels"] == ["account", "billing", "delivery", "technical"] and result["examples"] == 48
     assert set(result["models"]) == {"base", "seed-0", "seed-1", "seed-2", "linear", "seedlora"}
     log = json.loads((tmp_path / "runs" / "own-task" / "seed-0" / "train_log.json").read_text())
-    assert log["preset"] == "quick" and log["config"]["epochs"] == 3 and log["config"]["chat_template"] == "tokenizer"
+    assert log["preset"] == "quick" and log["config"]["epochs"] == 3 and log["config"]["chat_template"].endswith("route.jinja")
