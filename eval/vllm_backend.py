@@ -23,7 +23,8 @@ from pathlib import Path
 from seedlora.train.data import Example
 from seedlora.errors import SeedLoraError
 
-from .evaluate import candidate_kind, parse_answer, prompt_length
+from .evaluate import candidate_kind
+from .scoring import parse_answer, prompt_length
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 

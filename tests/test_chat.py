@@ -2,8 +2,7 @@
 
 import json
 
-import torch
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 
 from _tiny import make_tiny_llama
 from eval.evaluate import evaluate_models, load_eval_examples, load_model, score_examples

@@ -1,2 +1,1 @@
-"""Looking at adapters rather than merging them: describe them, compare their updates, and
-diagnose the training imbalance of seed runs (diagnose)."""
+"""Looking at adapters rather than merging them: describe them, compare their updates."""

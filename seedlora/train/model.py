@@ -44,9 +44,12 @@ def build_model(base, config, init_seed: int):
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if config.dtype == "float32" else getattr(torch, config.dtype)
+        from accelerate import PartialState
+
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
         )
+        kwargs["device_map"] = {"": PartialState().local_process_index}  # this process's GPU
     model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
     if config.load_in_4bit:
         from peft import prepare_model_for_kbit_training
