@@ -4,6 +4,7 @@
     python -m eval.experiment --regime quick       # the first, 1-epoch experiment
     python -m eval.experiment --regime papers --smoke --model-dir TINY   # the pipeline on a few rows
     python -m eval.experiment --measure-step       # time a few SmolLM2 steps to size a run
+    python -m eval.experiment --regime papers --status   # what is done and what remains (STATUS.md)
 
 A regime (eval/regimes.json: data, preset, seeds, learning rates, LoRA targets, merge methods)
 runs, per task, on SmolLM2-135M-Instruct (eval/prepare_smollm2.py):
@@ -162,6 +163,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap draws for intervals and p-values")
     parser.add_argument("--smoke", action="store_true", help="16 train rows, 2 steps, 8 test rows: checks the pipeline")
     parser.add_argument("--measure-step", action="store_true", help="time 4 training steps per task and target set, then exit")
+    parser.add_argument("--status", action="store_true", help="write eval/results/<regime>/STATUS.md (what is done, what remains) and exit")
     parser.add_argument("--model-dir", type=Path, default=prepare_smollm2.DEFAULT_OUTPUT)
     parser.add_argument("--data-dir", type=Path, default=None, help="task folders (default: the regime's)")
     parser.add_argument("--work-dir", type=Path, default=HERE / "runs")
@@ -187,11 +189,18 @@ def quiet_libraries() -> None:
 def run_experiment(args: argparse.Namespace, command: str = "") -> dict:
     """Prepare, then run every task of the regime; return the run record (also run.json)."""
     started = time.perf_counter()
+    regime = load_regime(args.regime)
+    tasks = args.tasks or regime["tasks"]
+    if args.status:
+        from .status import write_status
+
+        data = {task: (args.data_dir or REPO / regime["data"]) / task for task in tasks}
+        path = write_status(regime, tasks, args.work_dir, args.results_dir, data, 8)
+        print(path.read_text())
+        return {"status": str(path)}
     base = prepare_smollm2.prepare_smollm2(args.model_dir)
     if args.measure_step:
         return {"measure_step": measure_steps(base, args)}
-    regime = load_regime(args.regime)
-    tasks = args.tasks or regime["tasks"]
     if args.data_dir is None and regime["name"] == "papers":
         prepare_data.prepare_papers_data(REPO / regime["data"], tasks=tasks)
     elif args.data_dir is None:

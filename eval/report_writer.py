@@ -29,8 +29,9 @@ def training_times(state: dict) -> dict:
     out = {}
     for name, folder in runs.items():
         log = _log(folder)
-        out[name] = {"steps": log["steps"], "wall_s": log["wall_time_s"], "s_per_step": log["wall_time_s"] / max(1, log["steps"]),
-                     "resumed_from": log.get("resumed_from")}
+        timed = log.get("steps_run", None if log.get("resumed_from") else log["steps"])  # steps of the last call
+        out[name] = {"steps": log["steps"], "wall_s": log["wall_time_s"], "timed_steps": timed,
+                     "s_per_step": log["wall_time_s"] / timed if timed else None, "resumed_from": log.get("resumed_from")}
     return out
 
 
@@ -107,6 +108,7 @@ def table_text(result: dict) -> str:
               "| adapters | cosine mean | cosine median | a mean | a median |", "|---|---|---|---|---|"]
     for name, a in result["agreement"].items():
         lines.append(f"| {name} | {a['cosine_mean']:.3f} | {a['cosine_median']:.3f} | {a['a_mean']:.3f} | {a['a_median']:.3f} |")
-    lines += ["", "Training time (this machine): " + ", ".join(
-        f"{n} {t['steps']} steps {t['wall_s']:.0f} s ({t['s_per_step']:.2f} s/step)" for n, t in result["training"].items()), ""]
+    lines += ["", "Training time (this machine, shared; seconds of the last call, which may have resumed): " + ", ".join(
+        f"{n} {t['steps']} steps" + (f" ({t['s_per_step']:.2f} s/step)" if t["s_per_step"] else "")
+        for n, t in result["training"].items()), ""]
     return "\n".join(lines)

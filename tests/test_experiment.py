@@ -73,6 +73,14 @@ def test_rerun_reuses_every_finished_step(papers_run, capsys):
     assert {p: p.stat().st_mtime_ns for p in adapter.rglob("*.safetensors")} == stamps
 
 
+def test_status_lists_every_run_and_the_chosen_rate(papers_run):
+    root, argv = papers_run
+    run_experiment(parse_args([*argv, "--status"]))
+    status = (root / "runs" / "smoke" / "results" / "papers" / "STATUS.md").read_text()
+    assert status.count(": done: 2 steps") == 6 and "long run (5 x 3 epochs): done: 10 steps" in status
+    assert "chosen" in status and "merges done: linear, seedlora, ties, dare_ties, selection, model_stock" in status
+
+
 def test_quick_regime_without_validation_flags_the_best_single_and_stops_before_the_long_run(tmp_path):
     model = make_tiny_llama(tmp_path / "model")
     write_task(tmp_path / "data" / "gsm", [{"prompt": f"Question: {i} plus 1?\nAnswer:", "completion": f" {i + 1}"}

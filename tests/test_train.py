@@ -139,6 +139,8 @@ def test_interrupted_run_resumes_to_the_same_adapter(setup, tmp_path, stop, save
     assert samples(resumed) == samples(reference)
     assert log(resumed)["losses"] == log(reference)["losses"]
     assert log(resumed)["eval_losses"] == log(reference)["eval_losses"]
+    assert (log(resumed)["resumed_from"], log(resumed)["steps_run"]) == (f"checkpoint-{resumed_from}", 9 - resumed_from)
+    assert (log(reference)["resumed_from"], log(reference)["steps_run"]) == (None, 9)
 
 
 def test_finished_seed_is_kept_and_other_settings_are_refused(setup, tmp_path):

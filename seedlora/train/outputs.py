@@ -133,7 +133,7 @@ def write_outputs(run, seed: int, seeds: dict, folder: Path, model, history: dic
         "processes": run.processes, "global_batch": run.global_batch,
         "final_train_loss": sum(l * c for l, c in scored) / max(1, sum(c for _, c in scored)),
         "losses": history["losses"], "eval_losses": history["eval_losses"], "wall_time_s": round(history["wall_s"], 3),
-        "resumed_from": history["resumed_from"],
+        "resumed_from": history["resumed_from"], "steps_run": history["steps_run"],
     }
     (folder / "train_log.json").write_text(json.dumps(log, indent=1))
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)

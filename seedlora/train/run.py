@@ -189,4 +189,5 @@ def _fit(run: Run, seed: int, folder: Path, checkpoint, ident: dict) -> dict:
         "eval_losses": [{"epoch": round(h["epoch"]) - 1, "step": h["step"], "loss": h["eval_loss"]}
                         for h in history if "eval_loss" in h],
         "wall_s": time.perf_counter() - started, "resumed_from": checkpoint.name if checkpoint is not None else None,
+        "steps_run": trainer.state.global_step - (int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0),
     }
