@@ -63,8 +63,8 @@ def dot_chart(rows: list[dict], title: str, path: Path, references: dict | None 
             from matplotlib.ticker import MaxNLocator
 
             left.xaxis.set_major_locator(MaxNLocator(2))
-            value = scale * rows[base[0]][metric]
-            left.set_xlim(value - 0.05 * abs(value) - 1e-3, value + 0.05 * abs(value) + 1e-3)
+            span = [scale * v for v in _span(rows[base[0]], metric)]
+            left.set_xlim(*_limits(span + [span[0] * 0.98, span[0] * 1.02], pad=0.15))
             left.text(0.5, 1.01, "base", transform=left.transAxes, ha="center", fontsize=7)
         left.spines["right"].set_visible(False)
         right.spines["left"].set_visible(False)

@@ -91,7 +91,7 @@ def choose_lr(base, regime, task, files, work, args) -> tuple[float, dict]:
     """Train seed s0 at each candidate rate; keep the one with the lowest validation loss."""
     s0, lrs = regime["seeds"][0], regime["lrs"]
     runs = {f"lr-{lr:g}": pipeline.train(base, files["train"], work / f"lr-{lr:g}", [s0], train_settings(regime, task, lr, args),
-                                         args.quiet)[0] for lr in lrs}
+                                         args.quiet, args.report_only)[0] for lr in lrs}
     if len(lrs) == 1:
         return lrs[0], {}
     if "validation" not in files:
@@ -116,7 +116,8 @@ def run_task(base: Path, regime: dict, task: str, args) -> dict:
     files, seeds = task_files(regime, task, args), regime["seeds"]
     clock = time.perf_counter()
     lr, lr_table = choose_lr(base, regime, task, files, work, args)
-    singles = pipeline.train(base, files["train"], work / f"lr-{lr:g}", seeds, train_settings(regime, task, lr, args), args.quiet)
+    singles = pipeline.train(base, files["train"], work / f"lr-{lr:g}", seeds, train_settings(regime, task, lr, args), args.quiet,
+                             args.report_only)
     timings = {"train_seeds_s": time.perf_counter() - clock}
     merged = {}
     for name in regime["methods"]:
@@ -125,15 +126,22 @@ def run_task(base: Path, regime: dict, task: str, args) -> dict:
     state = {"regime": regime, "task": task, "lr": lr, "lr_selection": lr_table, "singles": singles, "merged": merged,
              "work": work, "files": files, "timings": timings, "long": None}
     write_task_report(base, state, out, args, pending=["long run"])
-    if args.no_long_run:
+    long_dir = work / f"lr-{lr:g}" / f"long-{len(seeds)}x"
+    if args.no_long_run or (args.report_only and not pipeline.finished(long_dir / f"seed-{seeds[0]}")):
         return json.loads((out / "results.json").read_text())
     clock = time.perf_counter()
-    long = pipeline.train(base, files["train"], work / f"lr-{lr:g}" / f"long-{len(seeds)}x", [seeds[0]],
-                          train_settings(regime, task, lr, args, len(seeds)), args.quiet)[0]
+    long = pipeline.train(base, files["train"], long_dir, [seeds[0]], train_settings(regime, task, lr, args, len(seeds)),
+                          args.quiet, args.report_only)[0]
     timings["train_long_s"] = time.perf_counter() - clock
     state["long"] = long
     write_task_report(base, state, out, args, pending=[])
     return json.loads((out / "results.json").read_text())
+
+
+def _seeds_trained(regime: dict, task: str, args) -> bool:
+    """True when every seed of `task` is trained at some candidate learning rate (for --report-only)."""
+    work = args.work_dir / regime["name"] / task
+    return any(all(pipeline.finished(work / f"lr-{lr:g}" / f"seed-{s}") for s in regime["seeds"]) for lr in regime["lrs"])
 
 
 def measure_steps(base: Path, args) -> list[dict]:
@@ -159,6 +167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--regime", default="quick", help="a regime of eval/regimes.json (default quick)")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), help="default: the regime's tasks")
     parser.add_argument("--no-long-run", action="store_true", help="stop after the seeds and merges (report marked partial)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the reports of tasks whose seeds are trained (merging and evaluating what is missing)")
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap draws for intervals and p-values")
     parser.add_argument("--smoke", action="store_true", help="16 train rows, 2 steps, 8 test rows: checks the pipeline")
@@ -207,6 +217,9 @@ def run_experiment(args: argparse.Namespace, command: str = "") -> dict:
         prepare_data.prepare_data(REPO / regime["data"], tasks=tasks)
     status = {}
     for task in tasks:
+        if args.report_only and not _seeds_trained(regime, task, args):
+            print(f"{task}: seeds not trained yet, no report (--report-only)")
+            continue
         result = run_task(base, regime, task, args)
         status[task] = result["status"]
         print((args.results_dir / regime["name"] / task / "table.md").read_text(), flush=True)

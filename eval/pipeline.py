@@ -29,9 +29,24 @@ def fingerprint(path: Path | None) -> list:
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def train(base: Path, data: Path, out: Path, seeds: list[int], settings: dict, quiet: bool) -> list[Path]:
-    """Seed adapters in out/seed-<s> (kept when finished, resumed when interrupted)."""
+def finished(folder: Path) -> bool:
+    """True when a seed folder holds a completed training run."""
+    try:
+        return bool(json.loads((folder / "train_log.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def train(base: Path, data: Path, out: Path, seeds: list[int], settings: dict, quiet: bool, report_only: bool = False) -> list[Path]:
+    """Seed adapters in out/seed-<s> (kept when finished, resumed when interrupted); `report_only`: never train."""
     from seedlora.train import train_adapters
+
+    if report_only:
+        folders = [out / f"seed-{s}" for s in seeds]
+        missing = [str(f) for f in folders if not finished(f)]
+        if missing:
+            raise SeedLoraError(f"--report-only but {', '.join(missing)} not trained yet (eval/experiment.py): rerun without it")
+        return folders
 
     return [Path(p) for p in train_adapters(base, data, out, seeds, progress=not quiet, log_every=16, **settings)]
 

@@ -73,6 +73,17 @@ def test_rerun_reuses_every_finished_step(papers_run, capsys):
     assert {p: p.stat().st_mtime_ns for p in adapter.rglob("*.safetensors")} == stamps
 
 
+def test_report_only_trains_nothing(papers_run, tmp_path, capsys):
+    root, argv = papers_run
+    run_experiment(parse_args([*argv, "--report-only"]))
+    assert (root / "runs" / "smoke" / "results" / "papers" / "sentiment" / "results.json").is_file()
+    fresh = [*argv[:-1], str(tmp_path / "fresh"), "--report-only"]  # --work-dir is the last option of argv
+    capsys.readouterr()
+    run_experiment(parse_args(fresh))
+    assert "sentiment: seeds not trained yet" in capsys.readouterr().out
+    assert not list((tmp_path / "fresh").rglob("adapter_model.safetensors"))
+
+
 def test_status_lists_every_run_and_the_chosen_rate(papers_run):
     root, argv = papers_run
     run_experiment(parse_args([*argv, "--status"]))
