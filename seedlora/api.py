@@ -5,30 +5,51 @@
     merge_checkpoints(folders, base, output)        full fine-tuned checkpoints -> model folder
     merge_peft_adapters(model, names, new_name)     adapters in a PeftModel -> new adapter in it
     merge(inputs, sink)                             any sources -> any sink
+    preview(inputs, sink)                           what merge(inputs, sink) would do, without writing
+
+Inputs and bases are folders or Hub ids (`org/name`, `org/name@revision`; sources.hub).
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .pipeline import run_merge
+from .pipeline import Preview, preview_merge, run_merge
 from .pipeline.report import MergeReport
 from .sinks import AdapterFolderSink, FusedModelSink, PeftModelSink
-from .sources import ModelFolder, PeftModelAdapter, open_inputs
+from .sources import PeftModelAdapter, open_base, open_inputs
 
 
 def merge(inputs: Sequence, sink, method="linear", weights: Optional[Sequence[float]] = None,
           params: Optional[dict] = None, seed: int = 0, base=None, strict: bool = False,
           progress=False) -> MergeReport:
-    """Merge `inputs` (folders, or opened sources such as PeftModelAdapter) into `sink`.
+    """Merge `inputs` (folders, Hub ids `org/name[@rev]`, or opened sources such as PeftModelAdapter) into `sink`.
 
-    `base` (a model folder) is needed for fused output, DoRA inputs and modules_to_save merged as
+    `base` (a model folder or Hub id) is needed for fused output, DoRA inputs and modules_to_save merged as
     deltas; `strict` turns warnings (modules not adapted by every input, differing base models,
     an input given twice) into errors.
     """
     sources = open_inputs(inputs)
-    base_folder = ModelFolder.open(base) if base is not None and not isinstance(base, ModelFolder) else base
+    base_folder = open_base(base)
     return run_merge(sources, sink, method, weights, params, seed, base=base_folder, strict=strict, progress=progress)
+
+
+def preview(inputs: Sequence, sink, method="linear", weights: Optional[Sequence[float]] = None,
+            params: Optional[dict] = None, seed: int = 0, base=None, strict: bool = False) -> Preview:
+    """A dry run of merge(): every check, then per-module ranks, output size, memory and time estimates."""
+    return preview_merge(open_inputs(inputs), sink, method, weights, params, seed, base=open_base(base), strict=strict)
+
+
+def output_sink(output, overwrite: bool = False, fuse: bool = False, rank: Optional[int] = None,
+                dtype: Optional[str] = None, vllm: bool = False, shard_size=None):
+    """The folder sink for these options: a fused model folder with `fuse`, else a PEFT adapter folder."""
+    if fuse:
+        if rank is not None or vllm or dtype:
+            from .errors import MethodError
+
+            raise MethodError("rank/vllm/dtype apply to adapter output; a fused model is exact in the base's dtypes")
+        return FusedModelSink(output, overwrite=overwrite, shard_size=shard_size)
+    return AdapterFolderSink(output, overwrite=overwrite, rank=rank, dtype=dtype, vllm=vllm)
 
 
 def merge_adapters(
@@ -54,14 +75,7 @@ def merge_adapters(
     methods are truncated to `rank` (default: the sum of the input ranks) by SVD, the loss reported.
     `vllm=True` pads (or truncates) to a rank vLLM's --max-lora-rank accepts.
     """
-    if fuse:
-        if rank is not None or vllm or dtype:
-            from .errors import MethodError
-
-            raise MethodError("rank/vllm/dtype apply to adapter output; a fused model is exact in the base's dtypes")
-        sink = FusedModelSink(output, overwrite=overwrite, shard_size=shard_size)
-    else:
-        sink = AdapterFolderSink(output, overwrite=overwrite, rank=rank, dtype=dtype, vllm=vllm)
+    sink = output_sink(output, overwrite, fuse, rank, dtype, vllm, shard_size)
     return merge(adapters, sink, method, weights, params, seed, base=base, strict=strict, progress=progress)
 
 

@@ -39,3 +39,11 @@ class OutputExistsError(SeedLoraError):
 
 class UnsafeOutputError(SeedLoraError):
     """The output would overwrite or sit inside an input or the base model."""
+
+
+class HubError(InputFormatError):
+    """A Hub id (org/name[@revision]) could not be resolved to a folder: not cached, not found, no access."""
+
+
+class ConfigError(SeedLoraError):
+    """A merge config file has an unknown key, a value of the wrong type, or cannot be read."""

@@ -205,3 +205,30 @@ def test_merged_vllm_output_of_mixed_inputs_is_clean(tmp_path, base):
     merge_adapters([plain, mixed], tmp_path / "m", method="seedlora", vllm=True)
     report = check_adapter(tmp_path / "m", base=base)
     assert report.findings == () and report.max_lora_rank == 16
+
+
+def test_fused_model_folders_are_checked_as_models(clean, base, tmp_path, capsys):
+    from seedlora import merge_adapters
+
+    fused = tmp_path / "fused"
+    merge_adapters([clean, clean], fused, method="linear", base=base, fuse=True)
+    code, out, err = run_cli(capsys, fused)
+    # the tiny base has no tokenizer: a warning naming the fix, and no advice about --vllm or LoRA ranks
+    assert code == 0 and "no tokenizer files" in out and "--tokenizer" in out, out
+    assert "vllm serve" in out and "--vllm" not in out + err and "max-lora-rank" not in out
+    config = json.loads((fused / "config.json").read_text())
+    del config["architectures"]
+    (fused / "config.json").write_text(json.dumps(config))
+    code, out, err = run_cli(capsys, fused)
+    assert code == 2 and "architectures" in out and "model: would fail to load (1 problem)" in out
+    assert err.startswith("error: ") and "--vllm" not in err
+
+
+def test_check_takes_several_folders_and_fails_if_any_fails(clean, base, tmp_path, capsys):
+    bad = edited(clean, tmp_path / "bad", config={"r": 3})
+    code, out, err = run_cli(capsys, clean, base, bad)
+    assert out.count("== ") == 3 and f"== {clean}" in out and f"== {base}" in out
+    assert "vLLM: OK, serve with --max-lora-rank 8" in out and "model: OK" in out
+    assert code == 2 and str(bad) in err and str(clean) not in err and "--vllm" in err
+    code, out, _ = run_cli(capsys, clean, base)
+    assert code == 0

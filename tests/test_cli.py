@@ -30,7 +30,8 @@ def test_console_script_merges_and_reports(adapters, tmp_path):
     assert "merged 3 adapters with seedlora" in result.stdout and "rank 15" in result.stdout
     assert "exact: no truncation" in result.stdout
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "merge_report.json", "seedlora_provenance.json",
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "merge_report.json", "seedlora_config.yaml",
+        "seedlora_provenance.json",
     ]
 
 

@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def readme_commands() -> str:
-    """The first bash block of the README's "Your own task" section."""
+    """The first sh block of the README's "Your own task" section."""
     text = (REPO / "README.md").read_text()
     section = text.split("## Your own task", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
 
 
 def test_readme_own_task_commands_run_as_written(tmp_path):

@@ -279,3 +279,25 @@ def test_two_gloo_processes_train_the_single_process_adapter(setup, tmp_path):
     for index, row in samples(one).items():
         assert samples(ddp)[index]["final_loss_step"] == row["final_loss_step"]
         assert samples(ddp)[index]["final_loss"] == pytest.approx(row["final_loss"], rel=1e-5)
+
+
+def test_hub_id_base_trains_and_evaluates_offline_from_the_hub_cache(setup, tmp_path):
+    """`--base org/name` resolves through the Hub cache (HF_HUB_OFFLINE=1), as `seedlora merge --base` does."""
+    from _hub_cache import cache_repo
+
+    base, data = setup
+    home = tmp_path / "hf_home"
+    cache_repo(home, "org/tiny-llama", base)
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    run = lambda *argv: subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = run("seedlora", "train", "--base", "org/tiny-llama", "--data", str(data), "-o", "runs", "--seeds", "0",
+               "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2", "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (reference,) = train(setup, tmp_path / "local", max_steps=2)
+    assert adapter_bytes(tmp_path / "runs" / "seed-0") == adapter_bytes(reference)
+    done = run("eval.evaluate", "--base", "org/tiny-llama", "--data", str(data), "--task", "sentiment", "--quiet",
+               "--single", "seed-0=runs/seed-0", "--output", "eval-out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    missing = run("seedlora", "train", "--base", "org/not-cached", "--data", str(data), "-o", "x", "-q")
+    assert missing.returncode == 2 and "not in the Hub cache" in missing.stderr and not (tmp_path / "x").exists()

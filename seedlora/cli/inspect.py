@@ -8,7 +8,7 @@ HELP = "show rank, alpha, targets, dtype and size of adapters; with several, the
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("adapters", nargs="+", metavar="ADAPTER")
+    parser.add_argument("adapters", nargs="+", metavar="ADAPTER", help="adapter folders or Hub ids org/name[@revision]")
     parser.add_argument("--per-module", action="store_true", help="print every module's similarity, not just the summary")
     parser.add_argument("-q", "--quiet", action="store_true")
 
@@ -16,8 +16,9 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     from ..analysis.inspect import describe_adapter, pairwise_cosine, shared_modules
     from ..sources import LoraAdapter
+    from ..sources.hub import resolve
 
-    adapters = [LoraAdapter.open(path) for path in args.adapters]
+    adapters = [LoraAdapter.open(resolve(path, "adapter").path) for path in args.adapters]
     for adapter in adapters:
         print(describe_adapter(adapter))
     if len(adapters) < 2:

@@ -13,20 +13,23 @@ HELP = "merge LoRA adapters (or full fine-tuned checkpoints) into one adapter or
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="*", metavar="ADAPTER", help="adapter folders (or model folders with --base)")
-    parser.add_argument("-m", "--method", default="linear", help="merge method (see `seedlora methods`; default linear)")
-    parser.add_argument("-o", "--output", required=True, help="output folder (must not exist or be empty)")
+    """Every option defaults to None: a value given here overrides --config's (cli.config)."""
+    parser.add_argument("inputs", nargs="*", metavar="ADAPTER", help="adapter folders or Hub ids org/name[@revision] (or model folders with --base)")
+    parser.add_argument("--config", metavar="FILE", help="merge config (YAML, e.g. examples/merge.yaml or an output's seedlora_config.yaml); options given here override it")
+    parser.add_argument("-m", "--method", help="merge method (see `seedlora methods`; default linear)")
+    parser.add_argument("-o", "--output", help="output folder (must not exist or be empty)")
     parser.add_argument("--weights", type=weight_list, help="one weight per input, comma-separated, e.g. 0.5,0.3,0.2 (default: the method's)")
     parser.add_argument("--rank", type=int, help="compress the adapter to this rank (reports the energy kept)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random methods (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of random methods (default 0)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="adapter output dtype (default: the inputs')")
-    parser.add_argument("--vllm", action="store_true", help="write a rank vLLM's --max-lora-rank accepts (pad exactly, or truncate to --rank)")
-    parser.add_argument("--base", help="base model folder: for --fuse, DoRA inputs, modules_to_save deltas, or full checkpoints")
-    parser.add_argument("--fuse", action="store_true", help="write base + merged update as a full model (needs --base)")
+    parser.add_argument("--vllm", action=argparse.BooleanOptionalAction, help="write a rank vLLM's --max-lora-rank accepts (pad exactly, or truncate to --rank)")
+    parser.add_argument("--base", help="base model folder or Hub id: for --fuse, DoRA inputs, modules_to_save deltas, or full checkpoints")
+    parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, help="write base + merged update as a full model (needs --base)")
     parser.add_argument("--shard-size", help="fused output shard size, e.g. 2GB (default: the base's layout)")
-    parser.add_argument("--strict", action="store_true", help="refuse instead of warning (modules not adapted by every input, differing base models, an input given twice)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--strict", action=argparse.BooleanOptionalAction, help="refuse instead of warning (modules not adapted by every input, differing base models, an input given twice)")
+    parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, help="replace an existing output folder")
+    parser.add_argument("--dry-run", action="store_true", help="check everything and print the plan (ranks, output size, memory, time); write nothing")
+    parser.add_argument("-q", "--quiet", action="store_true", help="errors only: no warnings, progress bar or summary")
     from ..methods import METHODS
     from ..methods.cli_params import add_param_arguments
 
@@ -53,32 +56,47 @@ def show_progress(args) -> bool:
 
 
 def run(args) -> None:
-    from ..api import merge_adapters, merge_checkpoints
+    from ..api import merge, output_sink, preview
+    from .config import apply_config, merged_params
+
+    apply_config(args)
+    inputs, checkpoints = resolve_inputs(args)
+    params = merged_params(args.config_params, method_params(args))
+    fuse = bool(args.fuse or checkpoints)
+    if fuse and (args.rank is not None or args.vllm or args.dtype):
+        raise SeedLoraError("--rank/--vllm/--dtype apply to adapter output; a fused model is exact in the base's dtypes")
+    if fuse and args.base is None:
+        raise SeedLoraError("--fuse needs --base BASE_DIR, the model the adapters were trained on")
+    if args.shard_size and not fuse:
+        raise SeedLoraError("--shard-size applies to fused output; add --fuse --base BASE_DIR")
+    sink = output_sink(args.output, args.overwrite, fuse, args.rank, args.dtype, args.vllm, args.shard_size)
+    common = dict(method=args.method, weights=args.weights, params=params, seed=args.seed, base=args.base,
+                  strict=args.strict)
+    if args.dry_run:
+        from .dry_run import show_preview
+
+        print(show_preview(preview(inputs, sink, **common)))
+        return
+    report = merge(inputs, sink, progress=show_progress(args), **common)
+    if not args.quiet:
+        print(summary(report, args.rank) if report.sink == "adapter" else fused_summary(report))
+
+
+def resolve_inputs(args) -> tuple:
+    """(inputs as local folders with their Hub origin, whether they are full checkpoints)."""
     from ..sources import is_model_folder
+    from ..sources.hub import resolve
 
     if not args.inputs:
-        raise SeedLoraError("no inputs given; pass one or more adapter folders, e.g. seedlora merge adapters/seed-* -o merged/")
+        raise SeedLoraError("no inputs given; pass one or more adapter folders, e.g. seedlora merge adapters/seed-* -o merged/ "
+                            "(or list them under inputs: in --config)")
+    if not args.output:
+        raise SeedLoraError("no output folder; pass -o DIR (or set output: in --config)")
     numbers = [i for i in args.inputs if _is_number(i)]
     if numbers:
         raise SeedLoraError(f"{numbers[0]!r} is not an adapter folder; give --weights as one comma-separated list, e.g. --weights 0.5,0.3,0.2")
-    common = dict(method=args.method, weights=args.weights, params=method_params(args), seed=args.seed,
-                  overwrite=args.overwrite, progress=show_progress(args))
-    checkpoints = args.base is not None and all(is_model_folder(p) for p in args.inputs)
-    if (args.fuse or checkpoints) and (args.rank is not None or args.vllm or args.dtype):
-        raise SeedLoraError("--rank/--vllm/--dtype apply to adapter output; a fused model is exact in the base's dtypes")
-    if args.fuse and args.base is None:
-        raise SeedLoraError("--fuse needs --base BASE_DIR, the model the adapters were trained on")
-    if args.shard_size and not (args.fuse or checkpoints):
-        raise SeedLoraError("--shard-size applies to fused output; add --fuse --base BASE_DIR")
-    if checkpoints:
-        report = merge_checkpoints(args.inputs, args.base, args.output, shard_size=args.shard_size, **common)
-    else:
-        report = merge_adapters(args.inputs, args.output, rank=args.rank, dtype=args.dtype, vllm=args.vllm,
-                                base=args.base, fuse=args.fuse, strict=args.strict, shard_size=args.shard_size, **common)
-    for warning in report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if not args.quiet:
-        print(summary(report, args.rank) if report.sink == "adapter" else fused_summary(report))
+    inputs = [resolve(i) for i in args.inputs]
+    return inputs, args.base is not None and all(is_model_folder(r.path) for r in inputs)
 
 
 def _is_number(text: str) -> bool:

@@ -10,6 +10,7 @@ models, one input given twice), which `strict` turns into errors.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,6 +22,8 @@ from ..errors import IncompatibleInputsError, UnsupportedFeatureError
 from ..methods import MergeMethod, get_method
 from ..sources import Checkpoint, ModelFolder
 from ..sources.base import LoraModule, few
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class MergePlan:
         if self.strict:
             raise IncompatibleInputsError(f"{message} (refused: --strict)")
         self.warnings.append(message)
+        log.warning(message)
 
 
 def plan_merge(sources: Sequence, method="linear", weights=None, params=None, seed: int = 0,

@@ -21,6 +21,7 @@ from ..errors import MethodError, UnsupportedFeatureError
 from ..pipeline.plan import MergePlan
 from ..pipeline.rank import cuts_anything, target_rank, to_factors
 from ..pipeline.report import MergeReport
+from .config_file import CONFIG_NAME as SETTINGS_NAME, config_text
 from .model_card import model_card
 from .provenance import provenance_record
 from .staging import check_output_free, check_output_path, staged_output
@@ -60,12 +61,14 @@ class AdapterFolderSink:
         targets, layers = output_targets(plan)
         config = fmt.adapter_config(plan.sources[0].config, self.target_rank, targets, layers=layers,
                                     lora_bias=any(t.bias for t in plan.modules.values()), modules_to_save=list(plan.saved))
+        settings = config_text(plan, fuse=False, rank=self.rank, dtype=self.dtype_name, vllm=self.vllm)
         with staged_output(self.output, self.overwrite) as staging:
             write_json(staging / fmt.CONFIG_NAME, config)
             save_file(state, str(staging / fmt.WEIGHTS_NAME), metadata={"format": "pt"})
             write_json(staging / REPORT_NAME, report.to_dict())
             write_json(staging / PROVENANCE_NAME, provenance_record(report, facts.result()))
-            (staging / CARD_NAME).write_text(model_card(report, base_model_name(plan)))
+            (staging / SETTINGS_NAME).write_text(settings)
+            (staging / CARD_NAME).write_text(model_card(report, base_model_name(plan), facts.result(), settings))
 
     def _factor_state(self, plan: MergePlan, merger, report: MergeReport) -> dict:
         state, cuts = {}, cuts_anything(plan, self.target_rank)
@@ -138,8 +141,12 @@ def saved_dtype(plan: MergePlan, module: str, param: str) -> torch.dtype:
 
 
 def base_model_name(plan: MergePlan) -> str:
+    """The base as a Hub id where one is known: --base from the Hub, else what the inputs name, else --base's path."""
+    origin = getattr(plan.base, "origin", None)
+    if origin is not None:
+        return origin.repo_id
     named = next((s.base_model for s in plan.sources if s.base_model), None)
-    return named or (str(plan.base.path) if plan.base is not None else "the base model the inputs were trained on")
+    return named or (str(plan.base.path) if plan.base is not None else "unknown")
 
 
 def write_json(path: Path, data) -> None:

@@ -30,6 +30,7 @@ from ..pipeline.report import MergeReport
 from ..safetensors_io import TensorInfo, row_blocks
 from ..sources.model_folder import CONFIG_NAME, INDEX_NAME, OUTPUT_HEAD
 from .adapter_folder import CARD_NAME, PROVENANCE_NAME, base_model_name, protected_paths
+from .config_file import CONFIG_NAME as SETTINGS_NAME, config_text
 from .model_card import model_card
 from .provenance import provenance_record
 from .shard_writer import ShardWriter, TensorSpec, parse_size, plan_by_size, tensor_bytes
@@ -37,7 +38,7 @@ from .staging import check_output_free, check_output_path, staged_output
 
 # weight formats never copied as side files (the fused shards replace the base's weights)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
-NOT_COPIED = (INDEX_NAME, "pytorch_model.bin.index.json", PROVENANCE_NAME, CARD_NAME)
+NOT_COPIED = (INDEX_NAME, "pytorch_model.bin.index.json", PROVENANCE_NAME, CARD_NAME, SETTINGS_NAME, "merge_report.json")
 BLOCK_ELEMENTS = 1 << 18  # rows of W + τ per step: 1 MB of float32, stays in a core's L2 cache
 
 
@@ -95,7 +96,9 @@ class FusedModelSink:
             report.seconds = time.perf_counter() - started
             record = provenance_record(report, facts.result(), {"report": report.to_dict()})
             (staging / PROVENANCE_NAME).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-            (staging / CARD_NAME).write_text(model_card(report, base_model_name(plan)))
+            settings = config_text(plan, fuse=True, shard_size=self.shard_size)
+            (staging / SETTINGS_NAME).write_text(settings)
+            (staging / CARD_NAME).write_text(model_card(report, base_model_name(plan), facts.result(), settings))
 
     def _chunks(self, tensor: OutputTensor, pending: "PendingModules", report: MergeReport) -> Iterator:
         info = tensor.source

@@ -54,6 +54,8 @@ class TensorStore:
 class LoraAdapter:
     """A PEFT LoRA adapter folder, opened lazily. See module docstring."""
 
+    origin = None  # sources.hub.HubOrigin when fetched from the Hub
+
     def __init__(self, path: Path, config: dict, store: TensorStore):
         self.path = path
         self.config = config

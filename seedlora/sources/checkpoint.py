@@ -19,6 +19,8 @@ from .model_folder import ModelFolder
 class Checkpoint:
     """A full model folder fine-tuned from the merge's base. See module docstring."""
 
+    origin = None  # sources.hub.HubOrigin when fetched from the Hub
+
     def __init__(self, folder: ModelFolder):
         self.folder = folder
         self.path = folder.path

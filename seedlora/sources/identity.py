@@ -2,13 +2,15 @@
 
 An adapter folder or full checkpoint is identified by the sha256 of each of its files; an adapter
 held in a PeftModel by the sha256 of its factor tensors; the base model, which can be large, by
-its config and its safetensors headers (the record says so). `input_facts` is the slow part (it
+its config and its safetensors headers (the record says so). An input or base fetched from the
+Hub is named by its repo id and resolved commit instead of the machine's cache path. `input_facts` is the slow part (it
 reads every input file once); the pipeline runs it on a background thread beside the merge.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from importlib import metadata
 from pathlib import Path
 
@@ -30,11 +32,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def display_name(source) -> str:
+    """How reports, cards and saved configs name an input or base: `org/name@commit` from the Hub,
+    else its absolute path (so a saved config re-runs from any working directory)."""
+    origin = getattr(source, "origin", None)
+    if origin is not None:
+        return origin.pinned
+    return os.path.abspath(source.path) if isinstance(source.path, Path) else str(source.path)
+
+
+def location(source) -> dict:
+    """{"hub": {repo_id, commit}} for a Hub snapshot, else {"path": absolute path}."""
+    origin = getattr(source, "origin", None)
+    if origin is None:
+        return {"path": display_name(source)}
+    return {"hub": {"repo_id": origin.repo_id, "commit": origin.commit}}
+
+
 def describe_input(source) -> dict:
-    """An input's identity: its path and the sha256 of each of its files (or of its tensors)."""
+    """An input's identity: where it is and the sha256 of each of its files (or of its tensors)."""
     files = source.files()
     if files:
-        return {"path": str(source.path), "sha256": {Path(f).name: sha256_file(Path(f)) for f in files}}
+        return {**location(source), "sha256": {Path(f).name: sha256_file(Path(f)) for f in files}}
     return {"peft_model_adapter": str(source.path), "sha256_of_factors": source.content_digest()}
 
 
@@ -45,7 +64,7 @@ def describe_base(base) -> dict:
         digest.update(f"{info.name}|{info.dtype}|{list(info.shape)}|{info.file.name}\n".encode())
     config = base.path / "config.json"
     return {
-        "path": str(base.path),
+        **location(base),
         "hashed": "config.json and the safetensors headers (not the weights)",
         "config_sha256": sha256_file(config) if config.is_file() else None,
         "headers_sha256": digest.hexdigest(),

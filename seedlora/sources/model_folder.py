@@ -38,6 +38,8 @@ def is_model_folder(path) -> bool:
 class ModelFolder:
     """A Hugging Face model folder, opened lazily. See module docstring."""
 
+    origin = None  # sources.hub.HubOrigin when fetched from the Hub
+
     def __init__(self, path: Path, config: Optional[dict], shards: list, tensors: dict, metadata: dict):
         self.path = path
         self.config = config  # parsed config.json, or None when the folder has none

@@ -28,6 +28,8 @@ def plain_config(config) -> dict:
 class PeftModelAdapter:
     """One adapter living inside a PeftModel, seen through the same interface as LoraAdapter."""
 
+    origin = None  # it lives in a model, not in a folder fetched from the Hub
+
     def __init__(self, model, adapter_name: str):
         from peft.tuners.lora import LoraLayer
         from peft.utils.other import ModulesToSaveWrapper

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 
 import torch
 
 from ..errors import SeedLoraError
 from ..rng import module_generator
+
+
+def resolve_base(spec) -> Path:
+    """A local model folder for `spec`: an existing path as it is, else a Hub id (org/name[@revision])
+    from the Hub cache or the Hub (offline with HF_HUB_OFFLINE=1), as `seedlora merge --base` does."""
+    from ..sources.hub import resolve
+
+    return resolve(str(spec), kind="model").path
 
 
 def check_device(config) -> str:

@@ -77,8 +77,9 @@ def prepare_run(base: Path, data, config: TrainConfig, progress, log_every: int 
     """Check inputs, pick the device, load the tokenizer and tokenise the data once."""
     from accelerate import PartialState
 
-    from .model import check_device
+    from .model import check_device, resolve_base
 
+    base = resolve_base(base)
     if not (Path(base) / "config.json").is_file():
         raise SeedLoraError(f"base model folder {base} has no config.json; pass a local transformers model folder")
     device = check_device(config)
