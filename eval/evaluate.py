@@ -3,16 +3,18 @@
 Why: the papers' claim is about quality (a merge of seed adapters beats the single ones), so
 every candidate is scored the same way on the same held-out file:
 
-- loss: mean next-token NLL over the completion tokens (+ EOS), pooled over all examples,
-  tokenised and scored exactly as `seedlora train` does (seedlora.data), so it is comparable
-  with the training log;
-- accuracy, classification: label scoring. The labels are the distinct completions of the
-  file; the prediction is the label with the highest log-likelihood after the prompt (label
-  tokens only, no EOS). When every label is one token this comes from the same forward pass
-  as the loss; otherwise one extra pass per label;
+- the data: read and tokenised by the training loader (seedlora.train.data) with the same
+  options (`--prompt-field`, `--completion-field`, `--messages-field`, `--chat-template`,
+  `--split`, `--max-length`), so the evaluator feeds exactly the token ids training saw;
+- loss: mean next-token NLL over the answer tokens (the completion + EOS, or the assistant
+  turns with their end-of-turn marker), pooled over all examples, as in training;
+- accuracy, classification: label scoring. The labels are the distinct answers of the file
+  (completions, or the last assistant message); the prediction is the label with the highest
+  log-likelihood after the prompt (label tokens only, no EOS). When every label is one token
+  this comes from the same forward pass as the loss; otherwise one extra pass per label;
 - accuracy, generation: exact match of the final answer. Greedy decoding of a few tokens,
-  cut at the first newline; the first number is compared with the completion's number
-  (or the stripped strings when the completion has no number).
+  cut at the first newline, compared by `--match`: the first number (number), the stripped
+  text (exact), or the number when the answer has one and the text otherwise (auto).
 
 A candidate is a PEFT adapter folder (loaded on the base with PEFT and merged in for speed)
 or a full model folder (e.g. a fused merge). Only the public API of seedlora, transformers
@@ -25,47 +27,19 @@ and PEFT is used. `backend="vllm"` uses eval/vllm_backend.py where vLLM is insta
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from seedlora.data import IGNORE, Example, Fields, collate, read_rows, token_losses, tokenize_row
 from seedlora.errors import SeedLoraError
+from seedlora.train.data import DataFormat, Example, load_examples, load_tokenizer
+
+from .scoring import generate_answers, label_logprobs, parse_answer, score_examples
 
 KINDS = {"classification": "classification", "generation": "generation", "sentiment": "classification", "gsm": "generation"}
+MATCHES = ("auto", "number", "exact")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-# ---------------------------------------------------------------- pure helpers
-def parse_answer(text: str) -> str:
-    """The first number in `text` (commas dropped, trailing .0 removed), else the stripped text."""
-    found = NUMBER.search(text)
-    if found is None:
-        return text.strip()
-    value = found.group(0).replace(",", "")
-    if "." in value:
-        value = value.rstrip("0").rstrip(".")
-    return value if value not in ("-0", "") else "0"
-
-
-def prompt_length(example: Example) -> int:
-    """Number of prompt tokens (the position of the first scored label)."""
-    return next((i for i, label in enumerate(example.labels) if label != IGNORE), len(example.labels))
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded input ids and attention mask, for batched generation."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
-    return ids, mask
 
 
 # ---------------------------------------------------------------- model loading
@@ -92,101 +66,47 @@ def load_model(base: Path, path: Path | None, dtype: torch.dtype = torch.float32
     return model.eval()
 
 
-# ---------------------------------------------------------------- scoring
-def length_batches(examples: list[Example], batch_size: int) -> list[list[int]]:
-    """Example positions grouped into batches of similar length (less padding), longest first."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@torch.no_grad()
-def score_examples(model, examples: list[Example], pad_id: int, label_ids: list[list[int]] | None, batch_size: int, desc=None):
-    """Per example: summed completion NLL, scored-token count, and (single-token labels) label log-probs."""
-    n = len(examples)
-    totals, counts, label_scores = [0.0] * n, [0] * n, [None] * n
-    single = label_ids is not None and all(len(ids) == 1 for ids in label_ids)
-    for positions in tqdm(length_batches(examples, batch_size), desc=desc or None, leave=False, disable=not desc):
-        chunk = [examples[i] for i in positions]
-        batch = collate(chunk, pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        total, count = token_losses(logits, batch["labels"])
-        for j, i in enumerate(positions):
-            totals[i], counts[i] = float(total[j]), int(count[j])
-            if single:
-                row = logits[j, prompt_length(chunk[j]) - 1].float().log_softmax(-1)
-                label_scores[i] = [float(row[ids[0]]) for ids in label_ids]
-    return totals, counts, (label_scores if single else None)
-
-
-@torch.no_grad()
-def label_logprobs(model, examples: list[Example], pad_id: int, label_ids: list[list[int]], batch_size: int) -> list[list[float]]:
-    """log p(label | prompt) for every example and label (one pass per label)."""
-    per_label = []
-    for ids in label_ids:
-        variants = []
-        for ex in examples:
-            prompt = list(ex.input_ids[: prompt_length(ex)])
-            variants.append(Example(ex.index, tuple(prompt + ids), tuple([IGNORE] * len(prompt) + ids)))
-        totals, _, _ = score_examples(model, variants, pad_id, None, batch_size)
-        per_label.append([-t for t in totals])
-    return [list(scores) for scores in zip(*per_label)]
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, examples: list[Example], batch_size: int, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of each prompt, cut at the first newline."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers = [""] * len(examples)
-    for positions in length_batches(examples, batch_size):
-        prompts = [list(examples[i].input_ids[: prompt_length(examples[i])]) for i in positions]
-        ids, mask = left_pad(prompts, pad_id)
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
-        )
-        for i, row in zip(positions, out[:, ids.shape[1]:]):
-            answers[i] = tokenizer.decode(row, skip_special_tokens=True).split("\n")[0]
-    return answers
-
-
 # ---------------------------------------------------------------- one model, all candidates
-def evaluate_model(model, tokenizer, rows: list[dict], examples: list[Example], kind: str, labels: list[str], settings: dict) -> dict:
+def evaluate_model(model, tokenizer, examples: list[Example], kind: str, labels: list[str], settings: dict) -> dict:
     """Loss and accuracy of one loaded model on the tokenised held-out examples."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batch = settings["batch_size"]
     label_ids = [list(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels] if kind == "classification" else None
     totals, counts, scores = score_examples(model, examples, pad_id, label_ids, batch, settings.get("desc"))
-    gold = [str(row["completion"]) for row in rows]
+    gold = [ex.answer for ex in examples]
     if kind == "classification":
         scores = scores if scores is not None else label_logprobs(model, examples, pad_id, label_ids, batch)
         predictions = [labels[max(range(len(labels)), key=s.__getitem__)] for s in scores]
         correct = [p == g for p, g in zip(predictions, gold)]
     else:
         predictions = generate_answers(model, tokenizer, examples, batch, settings["max_new_tokens"])
-        correct = [parse_answer(p) == parse_answer(g) for p, g in zip(predictions, gold)]
+        match = settings.get("match", "auto")
+        correct = [parse_answer(p, match) == parse_answer(g, match) for p, g in zip(predictions, gold)]
     return {
         "loss": sum(totals) / max(1, sum(counts)),
         "accuracy": sum(correct) / len(correct),
         "correct": int(sum(correct)),
-        "per_example": {"loss": [t / max(1, c) for t, c in zip(totals, counts)], "correct": correct, "prediction": predictions},
+        "per_example": {"loss": [t / max(1, c) for t, c in zip(totals, counts)], "tokens": [int(c) for c in counts],
+                        "correct": correct, "prediction": predictions},
     }
 
 
-def load_dataset_rows(dataset_path: Path, tokenizer, max_length: int, limit: int | None) -> tuple[list[dict], list[Example]]:
-    """Rows (prompt/completion) of the held-out file and their training-style tokenisation."""
-    rows = read_rows(dataset_path)[:limit]
-    if not rows or "prompt" not in rows[0] or "completion" not in rows[0]:
-        raise SeedLoraError(f"{dataset_path} needs prompt and completion columns (eval/evaluate.py): prepare it with eval/prepare_data.py")
-    return rows, [tokenize_row(tokenizer, row, i, "completion", Fields(), max_length) for i, row in enumerate(rows)]
+def load_eval_examples(source, tokenizer, fmt: DataFormat, limit: int | None = None) -> list[Example]:
+    """The held-out rows tokenised by the training loader (seedlora.train.data), first `limit` only."""
+    examples = load_examples(source, tokenizer, fmt)[:limit]
+    if any(ex.answer_start == 0 for ex in examples):
+        raise SeedLoraError(f"{source} has text rows without an answer (eval/evaluate.py): use prompt/completion "
+                            "or messages data (--prompt-field, --completion-field, --messages-field)")
+    return examples
 
 
-def evaluate_transformers(base: Path, paths: dict, tokenizer, rows, examples, kind: str, labels: list[str], settings: dict) -> dict:
+def evaluate_transformers(base: Path, paths: dict, tokenizer, examples, kind: str, labels: list[str], settings: dict) -> dict:
     """Load each candidate in turn (transformers + PEFT) and score it."""
     models = {}
     for name, path in paths.items():
         started = time.perf_counter()
         model = load_model(base, path, settings["dtype"])
-        scores = evaluate_model(model, tokenizer, rows, examples, kind, labels, {**settings, "desc": settings["desc"] and name})
+        scores = evaluate_model(model, tokenizer, examples, kind, labels, {**settings, "desc": settings["desc"] and name})
         del model
         kind_of = "base" if path is None else candidate_kind(path)
         models[name] = {"path": str(path or base), "type": kind_of, **scores, "seconds": time.perf_counter() - started}
@@ -202,44 +122,52 @@ def evaluate_models(
     roles: dict[str, str] | None = None,
     batch_size: int = 8,
     max_length: int = 512,
+    data_format: DataFormat | None = None,
     max_new_tokens: int = 10,
+    match: str = "auto",
     limit: int | None = None,
     dtype: str = "float32",
     backend: str = "transformers",
     progress: bool = True,
+    include_base: bool = True,
 ) -> dict:
-    """Evaluate the base model (as "base") and every candidate on one held-out file.
+    """Evaluate the base model (as "base", unless not `include_base`) and every candidate on one held-out file.
 
     `candidates` maps a display name to an adapter or model folder; `roles` tags names
-    ("single", "merged", ...) for the table. Returns a JSON-ready dict: task, kind, labels,
-    examples, and per model loss, accuracy, correct, seconds, role and per-example records.
+    ("single", "merged", ...) for the table. `data_format` holds the same field, chat-template
+    and split options as training (default: prompt/completion columns, `max_length`).
+    Returns a JSON-ready dict: task, kind, labels, examples, and per model loss, accuracy,
+    correct, seconds, role and per-example records.
     """
-    from transformers import AutoTokenizer
-
     if task not in KINDS:
         raise SeedLoraError(f"unknown task {task!r} (eval/evaluate.py): use one of {sorted(KINDS)}")
-    if backend not in ("transformers", "vllm") or dtype not in DTYPES:
-        raise SeedLoraError(f"backend {backend!r} / dtype {dtype!r} (eval/evaluate.py): use transformers|vllm and {'|'.join(DTYPES)}")
-    kind, base = KINDS[task], Path(base)
-    paths = {"base": None, **{name: Path(p) for name, p in candidates.items()}}
+    if backend not in ("transformers", "vllm") or dtype not in DTYPES or match not in MATCHES:
+        raise SeedLoraError(f"backend {backend!r} / dtype {dtype!r} / match {match!r} (eval/evaluate.py): "
+                            f"use transformers|vllm, {'|'.join(DTYPES)} and {'|'.join(MATCHES)}")
+    from seedlora.train.model import resolve_base
+
+    kind, base = KINDS[task], resolve_base(base)
+    paths = {**({"base": None} if include_base else {}), **{name: Path(p) for name, p in candidates.items()}}
     for path in paths.values():
         if path is not None:
             candidate_kind(path)  # validate every folder before any model is loaded
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    rows, examples = load_dataset_rows(Path(dataset_path), tokenizer, max_length, limit)
-    labels = sorted({str(row["completion"]) for row in rows}) if kind == "classification" else []
+    tokenizer = load_tokenizer(base)
+    fmt = data_format or DataFormat(max_length=max_length)
+    examples = load_eval_examples(dataset_path, tokenizer, fmt, limit)
+    labels = sorted({ex.answer for ex in examples}) if kind == "classification" else []
     if kind == "classification" and len(labels) < 2:
         raise SeedLoraError(f"{dataset_path} has one distinct completion (eval/evaluate.py): label scoring needs at least two labels")
-    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "dtype": DTYPES[dtype], "desc": progress}
+    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "dtype": DTYPES[dtype], "desc": progress, "match": match}
     if backend == "vllm":
         from .vllm_backend import evaluate_vllm
 
-        models = evaluate_vllm(base, paths, tokenizer, rows, examples, kind, labels, settings)
+        models = evaluate_vllm(base, paths, tokenizer, examples, kind, labels, settings)
     else:
-        models = evaluate_transformers(base, paths, tokenizer, rows, examples, kind, labels, settings)
+        models = evaluate_transformers(base, paths, tokenizer, examples, kind, labels, settings)
     for name, entry in models.items():
         entry["role"] = "base" if name == "base" else (roles or {}).get(name, "candidate")
-    return {"task": task, "kind": kind, "dataset": str(dataset_path), "examples": len(rows), "labels": labels,
+    return {"task": task, "kind": kind, "dataset": str(dataset_path), "examples": len(examples), "labels": labels,
+            "match": match if kind == "generation" else None, "data_format": fmt.__dict__,
             "backend": backend, "dtype": dtype, "base": str(base), "models": models}
 
 
@@ -251,36 +179,52 @@ def _named(text: str) -> tuple[str, str]:
     return name, path
 
 
-def main(argv: list[str] | None = None) -> None:
-    from .report import write_report
+def parse_args(argv: list[str] | None):
+    from seedlora.cli.train import add_data_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="base model folder (holds the tokenizer)")
-    parser.add_argument("--data", required=True, help="held-out JSONL/CSV/Parquet with prompt and completion")
-    parser.add_argument("--task", required=True, choices=sorted(KINDS))
+    parser.add_argument("--data", required=True, help="held-out data: file, dataset folder or datasets name (see --split)")
+    parser.add_argument("--task", required=True, choices=sorted(KINDS),
+                        help="classification (labels: the distinct answers of --data, scored by log-likelihood), "
+                             "generation (greedy answer, exact match; see --match); sentiment/gsm are aliases")
     for role in ("single", "merged", "candidate"):
         parser.add_argument(f"--{role}", action="append", default=[], metavar="NAME=PATH", help=f"a {role} adapter or model folder (repeatable)")
     parser.add_argument("--output", required=True, help="folder for results.json, table.md, chart.png")
+    add_data_arguments(parser)
+    parser.add_argument("--match", choices=MATCHES, default="auto",
+                        help="generation: compare the first number (number), the stripped text (exact), or the number "
+                             "when the answer has one, else the text (auto, default)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from seedlora.cli.train import data_options
+
+    from .report import write_report
+
+    parser, args = parse_args(argv)
     if args.quiet:  # process-wide, so only on the command line
         from .experiment import quiet_libraries
 
         quiet_libraries()
-    candidates, roles = {}, {}
-    for role in ("single", "merged", "candidate"):
-        for name, path in map(_named, getattr(args, role)):
-            candidates[name], roles[name] = path, role
+    options = data_options(args)
+    fmt = DataFormat(options["prompt_field"], options["completion_field"], options["text_field"], options["messages_field"],
+                     options["chat_template"], options["split"], options["max_length"])
     try:
+        candidates, roles = {}, {}
+        for role in ("single", "merged", "candidate"):
+            for name, path in map(_named, getattr(args, role)):
+                candidates[name], roles[name] = path, role
         result = evaluate_models(
-            args.base, candidates, args.data, args.task, roles=roles, batch_size=args.batch_size,
-            max_length=args.max_length, max_new_tokens=args.max_new_tokens, limit=args.limit,
+            args.base, candidates, args.data, args.task, roles=roles, batch_size=args.batch_size, data_format=fmt,
+            max_new_tokens=args.max_new_tokens, match=args.match, limit=args.limit,
             dtype=args.dtype, backend=args.backend, progress=not args.quiet,
         )
     except SeedLoraError as error:

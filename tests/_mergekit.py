@@ -1,10 +1,9 @@
 """mergekit in its own virtualenv, for the parity test, and a driver running many merges in one process.
 
 mergekit's pins (pydantic, accelerate, safetensors, transformers ≥ 5) conflict with seedlora's, so it
-lives in a separate venv. eval/compare/mergekit_env.py (branch `compare`) builds and reuses that venv;
-when it is not there yet, `_build_minimal` makes the same venv (same place, same stamp file, same
-pins: torch==2.13.0 first so pip keeps the CPU wheel, then mergekit==0.1.5), so either builder's
-venv serves both. Raises MergekitUnavailable with the reason when mergekit cannot be installed.
+lives in a separate venv, built and reused by eval/compare/mergekit_env.py (the one builder: the
+README's comparisons and these tests share it). Raises MergekitUnavailable with the reason when
+mergekit cannot be installed.
 """
 
 from __future__ import annotations
@@ -12,13 +11,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
-
-MERGEKIT_VERSION = "0.1.5"
-TORCH_VERSION = "2.13.0"
-STAMP = "seedlora-mergekit.json"
 
 DRIVER = textwrap.dedent(
     """
@@ -38,37 +32,13 @@ class MergekitUnavailable(RuntimeError):
 
 
 def mergekit_python() -> Path:
-    """The python of a ready mergekit venv, building it on first use."""
-    try:
-        from eval.compare.mergekit_env import MergekitUnavailable as Unavailable
-        from eval.compare.mergekit_env import ensure_mergekit
-    except ImportError:
-        return _build_minimal()
+    """The python of a ready mergekit venv, built on first use by eval/compare/mergekit_env.py."""
+    from eval.compare.mergekit_env import MergekitUnavailable as Unavailable
+    from eval.compare.mergekit_env import ensure_mergekit
     try:
         return ensure_mergekit(log=lambda message: None).python
     except Unavailable as exc:
         raise MergekitUnavailable(str(exc)) from None
-
-
-def _build_minimal() -> Path:
-    chosen = os.environ.get("SEEDLORA_MERGEKIT_VENV")
-    venv = Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "seedlora" / "mergekit-venv"
-    python = venv / "bin" / "python"
-    try:
-        if json.loads((venv / STAMP).read_text()).get("mergekit") == MERGEKIT_VERSION and python.exists():
-            return python
-    except (OSError, ValueError):
-        pass
-    steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
-             [str(python), "-m", "pip", "install", "-q", f"torch=={TORCH_VERSION}"],
-             [str(python), "-m", "pip", "install", "-q", f"mergekit=={MERGEKIT_VERSION}", f"torch=={TORCH_VERSION}"]]
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-2:])
-            raise MergekitUnavailable(f"{' '.join(step[2:5])} failed: {tail}")
-    (venv / STAMP).write_text(json.dumps({"mergekit": MERGEKIT_VERSION}))
-    return python
 
 
 def run_mergekit(python: Path, jobs: list, workdir: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from _tiny import make_tiny_llama
 from seedlora.cli import main
-from seedlora.diagnose import binned_means, diagnose, pearson, ranks, spearman
+from seedlora.analysis.diagnose import binned_means, diagnose, merged_losses, pearson, ranks, spearman
 from seedlora.errors import SeedLoraError
 from seedlora.train import train_adapters
 
@@ -57,12 +57,26 @@ def test_diagnose_writes_png_and_returns_correlations(runs, tmp_path):
         assert -1.0 <= stats["pearson"] <= 1.0 and -1.0 <= stats["spearman"] <= 1.0
 
 
-def test_merged_scoring_reproduces_training_losses(runs, tmp_path):
-    """Scoring seed-1's own adapter as 'merged' must give the losses training recorded."""
+def test_merged_scoring_equals_peft_per_row_loss(runs, tmp_path):
+    """A merged adapter is scored on the anchor's training rows exactly as transformers + PEFT compute each row's loss."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     result = diagnose(runs, tmp_path / "m.png", merged=runs[1])
-    assert result["merged"]["anchor"] == "seed-0"
-    assert result["merged"]["n"] == 9
-    assert result["merged"]["mean_loss"] == pytest.approx(result["runs"]["seed-1"]["mean_loss"], rel=1e-6)
+    assert result["merged"]["anchor"] == "seed-0" and result["merged"]["n"] == 9
+    scored = merged_losses(runs[0], runs[1])
+    log = json.loads((runs[0] / "train_log.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(log["base_model"])
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(log["base_model"]), runs[1]).eval()
+    rows = [json.loads(line) for line in open(log["data"])]
+    for index, loss in scored.items():
+        prompt = tokenizer(rows[index]["prompt"])["input_ids"]
+        answer = tokenizer(rows[index]["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        labels = torch.tensor([[-100] * len(prompt) + answer])
+        with torch.no_grad():
+            assert loss == pytest.approx(model(input_ids=ids, labels=labels).loss.item(), rel=1e-5)
 
 
 def test_missing_samples_file_is_an_actionable_error(tmp_path):

@@ -20,11 +20,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from _tiny import make_tiny_llama
 from eval.evaluate import (
-    evaluate_models, label_logprobs, load_dataset_rows, load_model, main, parse_answer, score_examples,
+    evaluate_models, label_logprobs, load_eval_examples, load_model, main, parse_answer, score_examples,
 )
 from eval.report import markdown_table, single_stats
 from seedlora import merge_adapters
 from seedlora.errors import SeedLoraError
+from seedlora.train.data import DataFormat
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,7 +103,7 @@ def test_single_token_labels_use_one_pass_and_agree_with_per_label_scoring(root)
     assert result["models"]["base"]["accuracy"] == 0.5
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    _, examples = load_dataset_rows(data, tokenizer, 64, None)
+    examples = load_eval_examples(data, tokenizer, DataFormat(max_length=64))
     label_ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in ("A", "B")]
     model = load_model(base, None)
     _, _, one_pass = score_examples(model, examples, tokenizer.pad_token_id, label_ids, batch_size=3)

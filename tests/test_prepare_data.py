@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.prepare_data import DEFAULT_OUTPUT, clean_tweet, split_gsm, split_sentiment
+from eval.prepare_data import DEFAULT_OUTPUT, PAPERS_SIZES, clean_tweet, split_balanced, split_gsm, split_sentiment
 
 PACKAGES_NEEDED = "reasoning_gym"
 
@@ -49,3 +49,27 @@ def test_committed_datasets_have_prompt_and_completion(task):
     for split in ("train", "test"):
         rows = [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()]
         assert len(rows) == info[split] and all(set(r) == {"prompt", "completion"} for r in rows)
+
+
+def test_balanced_three_way_split_is_disjoint_and_seeded():
+    by_label = {"positive": [f"good text {i}" for i in range(40)], "negative": [f"bad text {i}" for i in range(50)]}
+    splits = split_balanced(by_label, {"train": 20, "validation": 8, "test": 12}, seed=5)
+    assert {name: len(rows) for name, rows in splits.items()} == {"train": 20, "validation": 8, "test": 12}
+    prompts = [{r["prompt"] for r in rows} for rows in splits.values()]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    for rows in splits.values():
+        completions = [r["completion"] for r in rows]
+        assert completions.count(" positive") == completions.count(" negative")
+    assert split_balanced(by_label, {"train": 20, "validation": 8, "test": 12}, seed=5) == splits
+
+
+@pytest.mark.parametrize("task", ["sentiment", "gsm"])
+def test_committed_papers_splits_are_disjoint_and_sized(task):
+    folder = Path(DEFAULT_OUTPUT) / "papers" / task
+    if not (folder / "train.jsonl").is_file():
+        pytest.skip(f"{folder} not prepared (python -m eval.prepare_data --papers)")
+    splits = {split: [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()] for split in PAPERS_SIZES[task]}
+    assert {split: len(rows) for split, rows in splits.items()} == PAPERS_SIZES[task]
+    prompts = {split: {r["prompt"] for r in rows} for split, rows in splits.items()}
+    assert not prompts["train"] & prompts["test"] and not prompts["train"] & prompts["validation"]
+    assert not prompts["validation"] & prompts["test"]

@@ -1,19 +1,24 @@
 """`seedlora train` on a tiny Llama: reproducibility, what `vary` changes, resume, outputs, CLI."""
 
 import json
+import os
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from _tiny import make_tiny_llama
 from seedlora.cli import main
 from seedlora.errors import OutputExistsError, SeedLoraError
 from seedlora.train import train_adapters
 
+REPO = Path(__file__).resolve().parents[1]
 N_ROWS = 16  # batch 4 -> 4 steps per epoch
 
 
@@ -70,7 +75,7 @@ def test_same_seed_gives_byte_identical_adapter(setup, tmp_path):
 
 def test_outputs_load_in_peft_and_record_every_sample(setup, tmp_path):
     (folder,) = train(setup, tmp_path, rank=4, alpha=8, eval_split=0.25)
-    assert folder == tmp_path / "seed-0" and not (folder / "checkpoint").exists()
+    assert folder == tmp_path / "seed-0" and not (folder / "checkpoints").exists()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup[0]), folder)
     assert model.peft_config["default"].r == 4 and model.peft_config["default"].lora_alpha == 8
     weights = load_file(folder / "adapter_model.safetensors")
@@ -110,11 +115,15 @@ def test_fixed_batches_permutes_identical_batches(setup, tmp_path):
     assert log(a)["init_digest"] == log(b)["init_digest"]
 
 
-def interrupt_at(step):
-    def callback(info):
-        if info["step"] == step:
+class InterruptAt(TrainerCallback):
+    """Stops the process (as Ctrl-C would) at the end of optimizer step `step`, before its checkpoint."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
             raise KeyboardInterrupt
-    return callback
 
 
 # 12 training rows, batch 4: 3 steps per epoch; stop during step 5 (second epoch)
@@ -122,14 +131,16 @@ def interrupt_at(step):
 def test_interrupted_run_resumes_to_the_same_adapter(setup, tmp_path, stop, save_steps, resumed_from):
     (reference,) = train(setup, tmp_path / "ref", eval_split=0.25, epochs=3)
     with pytest.raises(KeyboardInterrupt):
-        train(setup, tmp_path / "run", eval_split=0.25, epochs=3, save_steps=save_steps, callback=interrupt_at(stop))
-    state = json.loads((tmp_path / "run" / "seed-0" / "checkpoint" / "trainer_state.json").read_text())
-    assert state["step"] == resumed_from
+        train(setup, tmp_path / "run", eval_split=0.25, epochs=3, save_steps=save_steps, callbacks=[InterruptAt(stop)])
+    (checkpoint,) = (tmp_path / "run" / "seed-0" / "checkpoints").glob("checkpoint-*")
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == resumed_from
     (resumed,) = train(setup, tmp_path / "run", eval_split=0.25, epochs=3, save_steps=save_steps)
     assert adapter_bytes(resumed) == adapter_bytes(reference)
     assert samples(resumed) == samples(reference)
     assert log(resumed)["losses"] == log(reference)["losses"]
     assert log(resumed)["eval_losses"] == log(reference)["eval_losses"]
+    assert (log(resumed)["resumed_from"], log(resumed)["steps_run"]) == (f"checkpoint-{resumed_from}", 9 - resumed_from)
+    assert (log(reference)["resumed_from"], log(reference)["steps_run"]) == (None, 9)
 
 
 def test_finished_seed_is_kept_and_other_settings_are_refused(setup, tmp_path):
@@ -192,3 +203,101 @@ def test_cli_trains_every_seed(setup, tmp_path, capsys):
     config = json.loads((tmp_path / "seed-6" / "adapter_config.json").read_text())
     assert config["r"] == 2 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     assert log(tmp_path / "seed-6")["steps"] == 2
+
+
+def test_final_sample_losses_come_from_the_training_steps(setup, tmp_path):
+    """Each row's recorded loss is its loss in its last step: per step they pool to the logged step loss."""
+    (folder,) = train(setup, tmp_path, epochs=2)
+    record, rows = log(folder), samples(folder).values()
+    last_epoch = [entry for entry in record["losses"] if entry["step"] > record["steps_per_epoch"]]
+    for entry in last_epoch:
+        step_rows = [r for r in rows if r["final_loss_step"] == entry["step"]]
+        assert len(step_rows) == 4
+        pooled = sum(r["final_loss"] * r["tokens"] for r in step_rows) / sum(r["tokens"] for r in step_rows)
+        assert pooled == pytest.approx(entry["loss"], rel=1e-5)
+    assert record["final_train_loss"] == pytest.approx(
+        sum(r["final_loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows))
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(setup, tmp_path):
+    (a,) = train(setup, tmp_path / "a", max_steps=3)
+    (b,) = train(setup, tmp_path / "b", max_steps=3, gradient_checkpointing=True)
+    wa, wb = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert log(b)["config"]["gradient_checkpointing"] is True
+
+
+def test_presets_set_defaults_and_flags_override_them(setup, tmp_path):
+    (quick,) = train(setup, tmp_path / "q", preset="quick", epochs=1)
+    config = log(quick)["config"]
+    assert (log(quick)["preset"], config["lr"], config["scheduler"], config["warmup_ratio"]) == ("quick", 1e-2, "linear", 0.1)
+    (papers,) = train(setup, tmp_path / "p", epochs=1, lr=1e-3)
+    config = log(papers)["config"]
+    assert (log(papers)["preset"], config["scheduler"], config["warmup_ratio"], config["vary"]) == ("papers", "cosine", 0.03, "both")
+    with pytest.raises(SeedLoraError, match="unknown preset"):
+        train(setup, tmp_path / "x", preset="fast")
+
+
+def test_cli_prints_progress_lines_without_a_terminal(setup, tmp_path, capsys):
+    base, data = setup
+    code = main(["train", "--base", str(base), "--data", str(data), "-o", str(tmp_path), "--seeds", "1",
+                 "--max-steps", "4", "--batch-size", "4", "--log-every", "2", "--preset", "quick"])
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if line.startswith("seed 1 step")]
+    assert [line.split()[3] for line in lines] == ["2/4", "4/4"]
+    assert all(" loss " in line and " lr " in line and " s/step ETA " in line for line in lines)
+    assert any(line.startswith("seed 1 done: 4 steps") for line in out)
+    assert any("(quick preset)" in line for line in out)
+
+
+def test_fp16_on_cpu_is_refused_bf16_autocast_trains(setup, tmp_path):
+    with pytest.raises(SeedLoraError, match="fp16 needs a CUDA GPU"):
+        train(setup, tmp_path / "a", mixed_precision="fp16", device="cpu")
+    (folder,) = train(setup, tmp_path / "b", mixed_precision="bf16", max_steps=2, device="cpu")
+    assert all(torch.isfinite(t).all() for t in load_file(folder / "adapter_model.safetensors").values())
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_single_process_adapter(setup, tmp_path):
+    """`torchrun --nproc_per_node 2` (CPU, gloo): batch 2 per process equals batch 4 in one process."""
+    base, data = setup
+    common = ["--base", str(base), "--data", str(data), "--seeds", "0", "--max-steps", "6", "--lr", "1e-2",
+              "--eval-split", "0.25", "--device", "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "seedlora", "train", *common, "-o", str(tmp_path / "ddp"), "--batch-size", "2"]
+    subprocess.run(command, check=True, env=env, cwd=tmp_path, capture_output=True, timeout=300)
+    assert main(["train", *common, "-o", str(tmp_path / "one"), "--batch-size", "4"]) == 0
+    ddp, one = tmp_path / "ddp" / "seed-0", tmp_path / "one" / "seed-0"
+    wa, wb = load_file(ddp / "adapter_model.safetensors"), load_file(one / "adapter_model.safetensors")
+    assert set(wa) == set(wb) and any(wb[k].abs().max() > 1e-3 for k in wb)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    assert (log(ddp)["processes"], log(ddp)["global_batch"], log(one)["processes"]) == (2, 4, 1)
+    assert [e["loss"] for e in log(ddp)["losses"]] == pytest.approx([e["loss"] for e in log(one)["losses"]], rel=1e-5)
+    assert order(ddp) == order(one)
+    for index, row in samples(one).items():
+        assert samples(ddp)[index]["final_loss_step"] == row["final_loss_step"]
+        assert samples(ddp)[index]["final_loss"] == pytest.approx(row["final_loss"], rel=1e-5)
+
+
+def test_hub_id_base_trains_and_evaluates_offline_from_the_hub_cache(setup, tmp_path):
+    """`--base org/name` resolves through the Hub cache (HF_HUB_OFFLINE=1), as `seedlora merge --base` does."""
+    from _hub_cache import cache_repo
+
+    base, data = setup
+    home = tmp_path / "hf_home"
+    cache_repo(home, "org/tiny-llama", base)
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    run = lambda *argv: subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = run("seedlora", "train", "--base", "org/tiny-llama", "--data", str(data), "-o", "runs", "--seeds", "0",
+               "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2", "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (reference,) = train(setup, tmp_path / "local", max_steps=2)
+    assert adapter_bytes(tmp_path / "runs" / "seed-0") == adapter_bytes(reference)
+    done = run("eval.evaluate", "--base", "org/tiny-llama", "--data", str(data), "--task", "sentiment", "--quiet",
+               "--single", "seed-0=runs/seed-0", "--output", "eval-out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    missing = run("seedlora", "train", "--base", "org/not-cached", "--data", str(data), "-o", "x", "-q")
+    assert missing.returncode == 2 and "not in the Hub cache" in missing.stderr and not (tmp_path / "x").exists()

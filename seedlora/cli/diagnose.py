@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> None:
     import json
 
-    from ..diagnose import diagnose
+    from ..analysis.diagnose import diagnose
 
     progress = not args.quiet and sys.stderr.isatty() and not os.environ.get("CI")
     result = diagnose(args.runs, args.output, merged=args.merged, bins=args.bins,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import SeedLoraError
+from ..errors import SeedLoraError
 
 
 def pearson(x: list[float], y: list[float]) -> float:
@@ -78,9 +78,9 @@ def summarize(positions: list[float], losses: list[float]) -> dict:
 
 def merged_losses(anchor_dir: str | Path, merged: str | Path, batch_size: int = 8, progress: bool = False) -> dict[int, float]:
     """Per-sample losses (row index -> loss) of a merged adapter or fused model on the anchor's training rows."""
-    from .data import per_sample_losses
-    from .train import make_config
-    from .train_io import prepare_run
+    from ..train.batches import per_sample_losses
+    from ..train.config import make_config
+    from ..train.run import prepare_run
 
     log_path, merged = Path(anchor_dir) / "train_log.json", Path(merged)
     if not log_path.is_file():
@@ -89,7 +89,7 @@ def merged_losses(anchor_dir: str | Path, merged: str | Path, batch_size: int = 
     split = log["config"]["eval_split"]  # a separate eval file does not change the training rows
     split = split if isinstance(split, float) else None
     config = make_config(**{**log["config"], "load_in_4bit": False, "eval_split": split})
-    run = prepare_run(Path(log["base_model"]), Path(log["data"]), config, progress, None)
+    run = prepare_run(Path(log["base_model"]), log["data"], config, False)
     model = load_scoring_model(Path(log["base_model"]), merged)
     losses = per_sample_losses(model.to(run.device), run.train, run.tokenizer.pad_token_id, batch_size, progress)
     return {ex.index: loss for ex, loss in zip(run.train, losses)}
