@@ -204,6 +204,16 @@ def parse_args(argv: list[str] | None):
     return parser, parser.parse_args(argv)
 
 
+def quiet_libraries() -> None:
+    """Silence transformers' and datasets' own progress bars (command-line use only)."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> None:
     from seedlora.cli.train import data_options
 
@@ -211,8 +221,6 @@ def main(argv: list[str] | None = None) -> None:
 
     parser, args = parse_args(argv)
     if args.quiet:  # process-wide, so only on the command line
-        from .experiment import quiet_libraries
-
         quiet_libraries()
     options = data_options(args)
     fmt = DataFormat(options["prompt_field"], options["completion_field"], options["text_field"], options["messages_field"],

@@ -36,13 +36,10 @@ from pathlib import Path
 from seedlora.errors import SeedLoraError
 
 from . import pipeline, prepare_data, prepare_smollm2
+from .evaluate import quiet_libraries
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-TASKS = {  # evaluation kind, max tokens per example, tokens to generate
-    "sentiment": {"kind": "sentiment", "max_length": 64, "max_new_tokens": 4},
-    "gsm": {"kind": "gsm", "max_length": 160, "max_new_tokens": 8},
-}
 
 
 def load_regime(name: str, path: Path = HERE / "regimes.json") -> dict:
@@ -80,7 +77,7 @@ def train_settings(regime: dict, task: str, lr: float, args, epochs_factor: int 
     from seedlora.train.presets import PRESETS
 
     settings = {"preset": regime["preset"], "lr": lr, "target_modules": regime["targets"],
-                "max_length": TASKS[task]["max_length"], "save_steps": regime.get("save_steps"),
+                "max_length": pipeline.TASKS[task]["max_length"], "save_steps": regime.get("save_steps"),
                 "epochs": PRESETS[regime["preset"]]["epochs"] * epochs_factor, "save_every_epoch": epochs_factor == 1}
     if args.smoke:
         settings["max_steps"] = 2 * epochs_factor
@@ -96,7 +93,7 @@ def choose_lr(base, regime, task, files, work, args) -> tuple[float, dict]:
         return lrs[0], {}
     if "validation" not in files:
         raise SeedLoraError(f"regime {regime['name']} compares learning rates but {task} has no validation split")
-    scored = pipeline.evaluate(base, runs, files["validation"], TASKS[task], work / "evals" / "validation", eval_settings(args))
+    scored = pipeline.evaluate(base, runs, files["validation"], pipeline.TASKS[task], work / "evals" / "validation", eval_settings(args))
     table = {name: {"validation_loss": e["loss"], "validation_accuracy": e["accuracy"]} for name, e in scored.items()}
     best = min(lrs, key=lambda lr: scored[f"lr-{lr:g}"]["loss"])
     return best, table
@@ -155,7 +152,7 @@ def measure_steps(base: Path, args) -> list[dict]:
             out = args.work_dir / "measure" / f"{task}-{'qv' if isinstance(targets, list) else 'all'}"
             shutil.rmtree(out, ignore_errors=True)
             (folder,) = train_adapters(base, data, out, [0], max_steps=4, target_modules=targets, progress=False,
-                                       max_length=TASKS[task]["max_length"])
+                                       max_length=pipeline.TASKS[task]["max_length"])
             log = json.loads((folder / "train_log.json").read_text())
             rows.append({"task": task, "targets": targets, "s_per_step": log["wall_time_s"] / log["steps"]})
             print(json.dumps(rows[-1]), flush=True)
@@ -165,7 +162,7 @@ def measure_steps(base: Path, args) -> list[dict]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regime", default="quick", help="a regime of eval/regimes.json (default quick)")
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), help="default: the regime's tasks")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(pipeline.TASKS), help="default: the regime's tasks")
     parser.add_argument("--no-long-run", action="store_true", help="stop after the seeds and merges (report marked partial)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the reports of tasks whose seeds are trained (merging and evaluating what is missing)")
@@ -184,16 +181,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.work_dir, args.results_dir = args.work_dir / "smoke", args.work_dir / "smoke" / "results"
     return args
-
-
-def quiet_libraries() -> None:
-    """Silence transformers' and datasets' own progress bars (command-line use only)."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
 
 
 def run_experiment(args: argparse.Namespace, command: str = "") -> dict:

@@ -18,6 +18,11 @@ from seedlora.errors import SeedLoraError
 
 from .evaluate import evaluate_models
 
+TASKS = {  # evaluation kind, max tokens per example, tokens to generate
+    "sentiment": {"kind": "sentiment", "max_length": 64, "max_new_tokens": 4},
+    "gsm": {"kind": "gsm", "max_length": 160, "max_new_tokens": 8},
+}
+
 
 def fingerprint(path: Path | None) -> list:
     """Size and mtime of the weight files of an adapter or model folder ('base' for None)."""

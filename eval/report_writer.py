@@ -49,7 +49,6 @@ def seed_agreement(singles: list[Path]) -> dict:
 def evaluations(base: Path, state: dict, args) -> tuple[dict, dict, dict]:
     """(test entries, roles, validation entries of the singles)."""
     task, work, files, settings = state["task"], state["work"], state["files"], {"batch_size": args.eval_batch_size, "quiet": args.quiet}
-    from .experiment import TASKS
 
     singles = {f"seed-{_log(p)['seed']}": p for p in state["singles"]}
     candidates, roles = {"base": None, **singles}, {"base": "base", **dict.fromkeys(singles, "single")}
@@ -60,8 +59,8 @@ def evaluations(base: Path, state: dict, args) -> tuple[dict, dict, dict]:
         candidates[name], roles[name] = work / "merged" / name, "merged"
     validation = {}
     if "validation" in files:
-        validation = pipeline.evaluate(base, singles, files["validation"], TASKS[task], work / "evals" / "validation", settings)
-    test = pipeline.evaluate(base, candidates, files["test"], TASKS[task], work / "evals" / "test", settings)
+        validation = pipeline.evaluate(base, singles, files["validation"], pipeline.TASKS[task], work / "evals" / "validation", settings)
+    test = pipeline.evaluate(base, candidates, files["test"], pipeline.TASKS[task], work / "evals" / "test", settings)
     return test, roles, validation
 
 

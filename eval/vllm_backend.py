@@ -23,7 +23,6 @@ from pathlib import Path
 from seedlora.train.data import Example
 from seedlora.errors import SeedLoraError
 
-from .evaluate import candidate_kind
 from .scoring import parse_answer, prompt_length
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -113,7 +112,7 @@ def evaluate_vllm(base: Path, paths: dict, tokenizer, examples, kind: str, label
     """evaluate_models' vLLM path: one engine for base + adapters, one per full model folder."""
     from vllm.lora.request import LoRARequest
 
-    adapters = {n: p for n, p in paths.items() if p is not None and candidate_kind(p) == "adapter"}
+    adapters = {n: p for n, p in paths.items() if p is not None and (p / "adapter_config.json").is_file()}
     ranks = [json.loads((p / "adapter_config.json").read_text())["r"] for p in adapters.values()]
     models, engine = {}, _engine(base, _bucket(max(ranks)) if ranks else None)
     for number, (name, path) in enumerate(paths.items(), start=1):

@@ -193,3 +193,12 @@ def _orth(x: torch.Tensor) -> torch.Tensor:
             return torch.linalg.qr(x).Q
         wide = torch.linalg.solve_triangular(factor, wide, upper=True, left=False)
     return wide.to(x.dtype)
+
+
+def truncate_dense(delta: torch.Tensor, rank: int, generator: torch.Generator) -> tuple[LowRank, float]:
+    """Rank-`rank` factors of a dense delta and the relative error ‖τ − τ_N‖/‖τ‖.
+
+    Exact SVD for small matrices, a seeded randomized range finder above (see factorize).
+    """
+    found = factorize(delta, generator, rank=rank)
+    return found.factors, found.relative_error

@@ -5,7 +5,7 @@ A low-rank update is X = B @ A with B (out x R) and A (R x in). The identities u
 ⟨B₁A₁, B₂A₂⟩ = tr((B₁ᵀB₂)(A₂A₁ᵀ)); best rank-N = SVD of the R x R core R_B R_Aᵀ, where
 B = Q_B R_B and Aᵀ = Q_A R_A (R from a Cholesky of the Gram, or QR). Everything but the final
 thin products works on R x R Grams, so a merge costs about one pass over the factors.
-Dense deltas (dense methods' output) are factored by dense_lowrank (truncate_dense wraps it).
+Dense deltas (dense methods' output) are factored by dense_lowrank, which builds on this module.
 """
 
 from __future__ import annotations
@@ -283,14 +283,3 @@ def kept_energy(S: torch.Tensor, rank: int) -> float:
     """Share of Σσ² in the top `rank` singular values (1.0 for a zero matrix)."""
     total = float((S * S).sum())
     return float((S[:rank] ** 2).sum()) / total if total > 0 else 1.0
-
-
-def truncate_dense(delta: torch.Tensor, rank: int, generator: torch.Generator) -> tuple[LowRank, float]:
-    """Rank-`rank` factors of a dense delta and the relative error ‖τ − τ_N‖/‖τ‖.
-
-    Exact SVD for small matrices, a seeded randomized range finder above (see dense_lowrank).
-    """
-    from .dense_lowrank import factorize  # dense_lowrank builds on this module's LowRank
-
-    found = factorize(delta, generator, rank=rank)
-    return found.factors, found.relative_error

@@ -18,8 +18,8 @@ from seedlora.lowrank import (
     mean_std,
     pad_rank,
     truncate,
-    truncate_dense,
 )
+from seedlora.dense_lowrank import truncate_dense
 
 
 def random_lowrank(out, inp, rank, seed, offset=0.0):

@@ -22,7 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # commands run as written (first matching prefix wins; HELP before RUN)
 HELP = ("seedlora train", "seedlora diagnose", "python -m eval.experiment", "OMP_WAIT_POLICY=PASSIVE python -m eval.experiment")
-RUN = ("seedlora ", "python -m eval.prepare_smollm2", "python -m eval.evaluate", "lm_eval ")
+RUN = ("seedlora ", "python -m eval.prepare_smollm2", "python -m eval.evaluate", "lm_eval ", "python -m eval.lm_eval_vllm ")
 NOT_RUN = {
     "pip install": "installs packages: .ci/run performs the README's install",
     "python3 -m venv": "creates the virtualenv: .ci/run does",
@@ -50,7 +50,18 @@ def commands(body: str) -> list:
     return [part.strip() for line in lines if line and not line.startswith("#") for part in line.split("&&")]
 
 
+NEEDS_VLLM = ("python -m eval.lm_eval_vllm ",)  # run where vLLM is installed (always under SEEDLORA_REQUIRE_VLLM=1)
+
+
+def vllm_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is None and os.environ.get("SEEDLORA_REQUIRE_VLLM") != "1"
+
+
 def rule(command: str) -> str:
+    if command.startswith(NEEDS_VLLM) and vllm_missing():
+        return "skip"
     for prefix in NOT_RUN:
         if command.startswith(prefix):
             return "skip"
