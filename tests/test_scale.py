@@ -257,3 +257,18 @@ def test_thread_policy_is_set_before_torch_starts(small):
                       "print(os.environ['OMP_WAIT_POLICY'], os.environ.get('OMP_NUM_THREADS'))",
                       env={"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "2"})
     assert kept.split() == ["ACTIVE", "2"]  # what the user set is kept
+
+
+def test_the_merger_streams_magnitude_trims_of_lora_inputs_and_materialises_the_rest(big):
+    """ties / magnitude_prune of LoRA inputs on the CPU come as row blocks to a sink that streams
+    them (the fused model: no K out x in updates in memory) and as the same tensor to the others."""
+    from seedlora.methods.rowwise import RowwiseMerge
+
+    name = "model.layers.0.mlp.up_proj"
+    for method in ("ties", "magnitude_prune"):
+        merger = Merger(plan_merge(open_inputs(big), method, None, {"density": 0.3}, seed=0), device="cpu")
+        streamed = merger.module(name, rowwise=True).weight
+        assert isinstance(streamed, RowwiseMerge)
+        assert torch.equal(streamed.dense(), merger.module(name).weight)
+    merger = Merger(plan_merge(open_inputs(big), "dare_ties", None, {"density": 0.3}, seed=0), device="cpu")
+    assert isinstance(merger.module(name, rowwise=True).weight, torch.Tensor)

@@ -24,6 +24,9 @@ from ..lowrank import LowRank
 DeltaFn = Callable[[list, torch.Tensor, dict, torch.Generator], Any]
 # merge_factors(terms, weights, params) -> LowRank or (LowRank, stats); scales folded into B.
 FactorFn = Callable[[list, torch.Tensor, dict], Any]
+# merge_rowwise(terms, weights, params) -> methods.rowwise.RowwiseMerge: a dense method's result on
+# LoRA factors, formed a block of rows at a time (no K out x in updates in memory); CPU only.
+RowwiseFn = Callable[[list, torch.Tensor, dict], Any]
 
 
 def split_stats(output) -> tuple[Any, dict]:
@@ -103,6 +106,7 @@ class MergeMethod:
     merge_deltas: DeltaFn
     params: tuple = field(default_factory=tuple)
     merge_factors: Optional[FactorFn] = None
+    merge_rowwise: Optional[RowwiseFn] = None
     random: bool = False
     # extra rank the factor form adds beyond the sum of input ranks (seedlora's constant: 1)
     extra_rank: int = 0

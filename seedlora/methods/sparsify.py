@@ -7,11 +7,13 @@ combine: "sum" = Σ w_i τ̂_i, or "sign_elect" = TIES sign election + disjoint 
   magnitude_prune = magnitude + sum          (default weight 1/K)
   dare_linear     = random    + sum          (default weight 1/K)
   dare_ties       = random    + sign_elect   (default weight 1)
-Every step runs a block of entries at a time (K + 5 rows of CPU_BLOCK float32 values, which
+Every step runs a block of entries at a time (K + 6 rows of CPU_BLOCK float32 values, which
 stay in a core's cache) with vectorised float kernels, so memory is the K inputs, the result
 and, for random drops, K boolean masks. Magnitude trims need no mask at all: the exact k-th
 largest |τ_i| (methods.topk) makes them one hardshrink per block. On CPU the result is bit for
 bit what the straightforward whole-tensor formulas give (tests/test_reference_outputs.py).
+For LoRA inputs on the CPU the merger runs the magnitude trims through methods.rowwise instead,
+which feeds these same block kernels from blocks of rows and never holds the K inputs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .topk import keep_mask, kth_largest_magnitude, shrink_level
 
 TIES_PAPER = "https://arxiv.org/abs/2306.01708"
 DARE_PAPER = "https://arxiv.org/abs/2311.03099"
-CPU_BLOCK = 32704  # entries per step of the combine: K + 5 float32 rows stay in L2, and below torch's
+CPU_BLOCK = 32704  # entries per step of the combine: K + 6 float32 rows stay in L2, and below torch's
 # 32768-entry grain, each elementwise op runs on one thread (splitting 32K entries over busy cores costs more)
 DEVICE_BLOCK = 1 << 24  # on a GPU, few large launches
 RANDOM_CHUNK = 1 << 20  # uniform draws per step when drawing a DARE mask
@@ -76,23 +78,27 @@ class Trim:
     stored boolean mask (random drops; non-float32 inputs).
     """
 
-    delta: torch.Tensor  # flat view of the input
+    delta: Optional[torch.Tensor]  # flat view of the input (None: the values come block by block, methods.rowwise)
     level: float = 0.0  # used when there is no mask; 0.0 keeps every nonzero (no trim)
     mask: Optional[torch.Tensor] = None  # flat bool
     rescale: Optional[float] = None
     extra: Optional[torch.Tensor] = None  # sorted flat indices kept besides |τ| > level
 
     def block(self, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
-        values = self.delta[start:stop]
+        return self.apply(self.delta[start:stop], start, out)
+
+    def apply(self, values: torch.Tensor, start: int, out: torch.Tensor) -> torch.Tensor:
+        """out = the trimmed `values`, which are the input's flat entries from `start` on."""
         values = values if values.dtype == torch.float32 else values.float()
         if self.mask is None:
             torch.ops.aten.hardshrink.out(values, self.level, out=out)
             if self.extra is not None and self.extra.numel():
-                first, last = (int(torch.searchsorted(self.extra, bound)) for bound in (start, stop))
-                where = self.extra[first:last] - start
-                out[where] = values[where]
+                first, last = np.searchsorted(self.extra.cpu().numpy(), (start, start + values.numel())).tolist()
+                if last > first:
+                    where = self.extra[first:last] - start
+                    out[where] = values[where]
         else:
-            torch.mul(values, self.mask[start:stop], out=out)
+            torch.mul(values, self.mask[start : start + values.numel()], out=out)
         return out.div_(self.rescale) if self.rescale is not None else out
 
 
@@ -119,16 +125,30 @@ def combine_trimmed(trims: list[Trim], coeffs: list[float], combine: str, majori
     device = trims[0].delta.device
     size, step = trims[0].delta.numel(), _block_size(device)
     out = torch.empty(size, dtype=torch.float32, device=device)
-    work = torch.empty(len(trims) + 5, min(step, max(size, 1)), dtype=torch.float32, device=device)
+    work = combine_work(len(trims), min(step, max(size, 1)), device)
     for start in range(0, size, step):
         stop = min(size, start + step)
-        rows = work[:, : stop - start]
-        sparse = [trim.block(start, stop, rows[i]) for i, trim in enumerate(trims)]
-        if combine == "sum":
-            _sum_block(sparse, coeffs, out[start:stop])
-        else:
-            _sign_elect_block(sparse, coeffs, majority_sign, rows[len(trims):], out[start:stop])
+        combine_block([trim.delta[start:stop] for trim in trims], trims, start, coeffs, combine, majority_sign,
+                      work, out[start:stop])
     return out
+
+
+def combine_work(k: int, entries: int, device=None) -> torch.Tensor:
+    """Scratch rows for combine_block: K trimmed inputs, 5 rows of the sign election and a row of ones."""
+    work = torch.empty(k + 6, entries, dtype=torch.float32, device=device)
+    work[-1].fill_(1.0)
+    return work
+
+
+def combine_block(values: list, trims: list, start: int, coeffs: list, combine: str, majority_sign: str,
+                  work: torch.Tensor, out: torch.Tensor) -> None:
+    """out = the combine of one block: `values` are each input's flat entries from `start` on."""
+    rows = work[:, : out.numel()]
+    sparse = [trim.apply(v, start, rows[i]) for i, (trim, v) in enumerate(zip(trims, values))]
+    if combine == "sum":
+        _sum_block(sparse, coeffs, out)
+    else:
+        _sign_elect_block(sparse, coeffs, majority_sign, rows[len(trims):], out)
 
 
 def _sum_block(sparse: list, coeffs: list, out: torch.Tensor) -> None:
@@ -145,21 +165,26 @@ def _sign_elect_block(sparse: list, coeffs: list, majority_sign: str, scratch: t
     τ̂_i agrees with γ (and is nonzero), else 0. merge: γ · (Σ w_i p_i) / max(1, Σ sign p_i).
     Multiplying by γ = ±1 commutes exactly with rounding, so this equals summing the signed
     values; the final + 0.0 turns the −0 of γ = −1 with no agreeing input into +0.
+    γ is copysign(1, score): a score of −0 (only a sum of zeros gives it) elects −1 where the
+    formula elects +1, but then no input agrees either way and the result is the same +0. The
+    first input writes the sums (w_0 p_0 is 0 + w_0 p_0 exactly) rather than adding to zeros.
     """
-    score, elected, agree, total, count = scratch
+    score, elected, agree, total, count, ones = scratch
     for i, values in enumerate(sparse):
         term = values if majority_sign == "total" else torch.sign(values, out=agree)
         if i == 0:
             score.copy_(term)
         else:
             score.add_(term)
-    torch.sign(score, out=elected).add_(0.5).sign_()
-    total.zero_()
-    count.zero_()
-    for values, coeff in zip(sparse, coeffs):
+    torch.copysign(ones, score, out=elected)
+    for i, (values, coeff) in enumerate(zip(sparse, coeffs)):
         torch.mul(values, elected, out=agree).relu_()
-        total.add_(agree, alpha=coeff)
-        count.add_(agree.sign_())
+        if i == 0:
+            torch.mul(agree, coeff, out=total)
+            torch.sign(agree, out=count)
+        else:
+            total.add_(agree, alpha=coeff)
+            count.add_(agree.sign_())
     torch.div(total, count.clamp_(min=1.0), out=out).mul_(elected).add_(0.0)
 
 

@@ -78,9 +78,17 @@ def _exact(magnitudes: np.ndarray, k: int, n: int) -> Threshold:
 
 def _bracket(values: np.ndarray, k: int) -> tuple:
     """(lo, hi) magnitudes that hold the k-th largest with overwhelming probability."""
-    n = values.size
-    stride = _stride(n, values.size // SAMPLE)
-    sample = np.sort(np.abs(values[::stride]))[::-1]  # descending
+    return bracket_from_sample(values[:: sample_stride(values.size)], values.size, k)
+
+
+def sample_stride(n: int) -> int:
+    """The stride of the bracket's sample of n entries (about SAMPLE of them)."""
+    return odd_stride(n // SAMPLE)
+
+
+def bracket_from_sample(sample: np.ndarray, n: int, k: int) -> tuple:
+    """(lo, hi) from magnitudes (or values) sampled evenly from n entries."""
+    sample = np.sort(np.abs(sample))[::-1]  # descending
     m = sample.size
     rank, q = k * m / n, k / n
     half = SIGMAS * math.sqrt(m * q * (1.0 - q)) + 8
@@ -89,7 +97,7 @@ def _bracket(values: np.ndarray, k: int) -> tuple:
     return lo, hi
 
 
-def _stride(n: int, wanted: int) -> int:
+def odd_stride(wanted: int) -> int:
     """An odd stride near `wanted` sharing no factor with common row lengths (powers of 2, 3, 7, 43)."""
     stride = max(1, wanted) | 1
     while any(stride % p == 0 for p in (3, 7, 43)):
@@ -97,46 +105,77 @@ def _stride(n: int, wanted: int) -> int:
     return stride
 
 
+def _slices(values: np.ndarray):
+    """A callable giving `values` as consecutive flat blocks of BLOCK entries."""
+    return lambda: (values[start : start + BLOCK] for start in range(0, values.size, BLOCK))
+
+
 def _bracketed(values: np.ndarray, k: int):
     """The threshold from one blocked pass over `values`, or None when the bracket missed k."""
     lo, hi = _bracket(values, k)
+    return threshold_in_bracket(_slices(values), k, lo, hi)
+
+
+def threshold_in_bracket(blocks, k: int, lo, hi) -> Optional[Threshold]:
+    """The exact k-th largest |x| of a tensor given as consecutive flat blocks, or None when [lo, hi] misses it.
+
+    `blocks()` yields the tensor's entries in row-major order as numpy arrays (each may be a
+    reused buffer: only copies are kept); it is called once, and a second time only when the
+    first entries tied at the cut must be located.
+    """
+    above, candidates = count_in_bracket(blocks(), lo, hi)
+    return threshold_from_counts(above, candidates, k, lambda value, count: positions_of(blocks(), value, count))
+
+
+def count_in_bracket(blocks, lo, hi) -> tuple:
+    """(entries with |x| > hi, the magnitudes in [lo, hi]) over an iterable of flat numpy blocks.
+
+    Partial counts of disjoint parts of a tensor add up: above counts sum, candidates concatenate.
+    """
     above, inside = 0, []
-    magnitude = np.empty(min(BLOCK, values.size), dtype=values.dtype)
-    over, within = (np.empty(magnitude.size, dtype=bool) for _ in range(2))
-    for start in range(0, values.size, BLOCK):
-        block = values[start : start + BLOCK]
+    magnitude = over = within = None
+    for block in blocks:
+        if magnitude is None or magnitude.size < block.size:
+            magnitude = np.empty(block.size, dtype=block.dtype)
+            over, within = (np.empty(block.size, dtype=bool) for _ in range(2))
         a, gt, ok = magnitude[: block.size], over[: block.size], within[: block.size]
         np.abs(block, out=a)
         np.greater(a, hi, out=gt)
         above += int(np.count_nonzero(gt))
+        np.less_equal(a, hi, out=gt)
         np.greater_equal(a, lo, out=ok)
-        np.logical_and(ok, ~gt, out=ok)
+        np.logical_and(ok, gt, out=ok)
         inside.append(a[ok])
-    candidates = np.concatenate(inside)
+    return above, (np.concatenate(inside) if inside else np.empty(0, dtype=np.float32))
+
+
+def threshold_from_counts(above: int, candidates: np.ndarray, k: int, positions) -> Optional[Threshold]:
+    """The k-th largest from count_in_bracket's result, or None when the bracket missed it.
+
+    positions(value, count): flat indices of the first `count` entries with |x| == value (asked
+    only when some of the entries tied at the cut are dropped).
+    """
     need = k - above
     if not 1 <= need <= candidates.size:
         return None
     value = np.partition(candidates, candidates.size - need)[candidates.size - need]
     above += int(np.count_nonzero(candidates > value))
     tied = int(np.count_nonzero(candidates == value))
-    kept = _positions_of(values, value, k - above) if above + tied > k else None
+    kept = positions(value, k - above) if above + tied > k else None
     return Threshold(float(value), above, tied, k, kept)
 
 
-def _positions_of(values: np.ndarray, value, count: int) -> torch.Tensor:
+def positions_of(blocks, value, count: int) -> torch.Tensor:
     """Flat indices of the first `count` entries with |x| == value, in row-major order."""
-    found, plus, minus = [], values.dtype.type(value), values.dtype.type(-value)
-    equal, other = (np.empty(min(BLOCK, values.size), dtype=bool) for _ in range(2))
-    for start in range(0, values.size, BLOCK):
-        block = values[start : start + BLOCK]
-        eq, neg = equal[: block.size], other[: block.size]
-        np.equal(block, plus, out=eq)
-        np.equal(block, minus, out=neg)
-        np.logical_or(eq, neg, out=eq)
-        found.append(np.flatnonzero(eq) + start)
-        if sum(f.size for f in found) >= count:
+    found, start, total = [], 0, 0
+    for block in blocks:
+        plus, minus = block.dtype.type(value), block.dtype.type(-value)
+        hits = np.flatnonzero((block == plus) | (block == minus)) + start
+        found.append(hits)
+        start, total = start + block.size, total + hits.size
+        if total >= count:
             break
-    return torch.from_numpy(np.concatenate(found)[:count])
+    return torch.from_numpy(np.concatenate(found)[:count].astype(np.int64))
 
 
 def _threshold_torch(flat: torch.Tensor, k: int) -> Threshold:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..dense_lowrank import OVERSAMPLE, uses_exact_svd
+from ..methods.rowwise import GRID_ENTRIES
+from ..methods.sparsify import CPU_BLOCK
 from .plan import MergePlan
 
 DISK_BYTES_PER_S = 500e6  # assumed: a plain SSD; stated with every estimate
@@ -34,6 +36,7 @@ class ModulePreview:
     exact_rank: int
     output_rank: int  # None for a fused model (exact, no rank)
     dense: bool
+    rowwise: bool = False  # dense, formed a block of rows at a time (methods/rowwise.py; on the CPU)
 
 
 @dataclass
@@ -76,7 +79,8 @@ def preview(plan: MergePlan, sink) -> Preview:
     rank = getattr(sink, "target_rank", None)
     for name, target in plan.modules.items():
         dense = target.dora or not plan.method.low_rank
-        result.modules.append(ModulePreview(name, target.shape, target.ranks, plan.exact_rank(name), rank, dense))
+        rowwise = dense and not target.dora and plan.method.merge_rowwise is not None
+        result.modules.append(ModulePreview(name, target.shape, target.ranks, plan.exact_rank(name), rank, dense, rowwise))
         result.flops += module_flops(target, dense, rank if sink.kind == "adapter" else None, plan.exact_rank(name))
     result.peak_bytes = max((module_bytes(m, len(plan.sources), sink.kind) for m in result.modules), default=0)
     if sink.kind == "adapter":
@@ -125,11 +129,18 @@ def method_flops(entries: int, k: int) -> float:
 
 
 def module_bytes(module: ModulePreview, k: int, sink: str) -> int:
-    """Working memory of one module's merge: its inputs, the result and (adapter, dense) the SVD."""
+    """Working memory of one module's merge: its inputs, the result and (adapter, dense) the SVD.
+
+    Row-block merges (ties / magnitude_prune of LoRA inputs) are counted as on the CPU; on a GPU
+    they materialise the K updates like the other dense methods.
+    """
     out, inp = module.shape
     if not module.dense:
         return FLOAT * (out + inp) * (2 * sum(module.ranks) + 2)
     svd = 3 if sink == "adapter" else 0
+    if module.rowwise:  # K blocks of rows and the combine's rows; an adapter also holds the result it cuts
+        blocks = FLOAT * (k + 1) * GRID_ENTRIES + FLOAT * (k + 6) * CPU_BLOCK
+        return blocks + (FLOAT * out * inp * (1 + svd) if sink == "adapter" else 0)
     return FLOAT * out * inp * (k + 2 + svd)
 
 

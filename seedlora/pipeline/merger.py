@@ -10,7 +10,9 @@ module, merged by the same method with its own generator.
 Device: every tensor of a module is moved to the merge's device as it is read (factors by the
 sources themselves), merged and truncated there; random draws still come from the CPU generator.
 Dense updates are materialised into a pool of K flat float32 buffers reused from module to
-module (sized by the largest module), so a 7B merge does not page-fault fresh memory for each.
+module (sized by the largest module), so a 7B merge does not page-fault fresh memory for each;
+methods with a row-block form (ties, magnitude_prune: methods/rowwise.py) never materialise
+the K updates of LoRA inputs on the CPU.
 """
 
 from __future__ import annotations
@@ -76,9 +78,16 @@ class Merger:
         self.pool = DeltaPool(self.device)
 
     # ---- LoRA modules
-    def module(self, name: str) -> MergedModule:
+    def module(self, name: str, rowwise: bool = False) -> MergedModule:
+        """Module `name` merged. With `rowwise`, a dense result may come as a methods.rowwise.RowwiseMerge
+        (rows formed on demand, for a sink that streams them); otherwise it is a tensor."""
         plan, target = self.plan, self.plan.modules[name]
         dense = target.dora or not plan.method.low_rank
+        if dense and self._rowwise(target):
+            factors = [self._input_update(slot, source, name, False) for slot, source in enumerate(plan.sources)]
+            merged = plan.method.merge_rowwise(factors, plan.weights, plan.params)
+            bias = self._bias(name) if target.bias else None
+            return MergedModule(merged if rowwise else merged.dense(), bias)
         updates = [self._input_update(slot, source, name, dense) for slot, source in enumerate(plan.sources)]
         if dense:
             output = plan.method.merge_deltas(updates, plan.weights, plan.params, module_generator(plan.seed, name))
@@ -88,6 +97,10 @@ class Merger:
         if isinstance(weight, torch.Tensor) and self.pool.owns(weight):
             weight = weight.clone()  # the pool's buffers are reused by the next module
         return MergedModule(weight, self._bias(name) if target.bias else None, stats)
+
+    def _rowwise(self, target) -> bool:
+        """True when the method has a row-block form and every input is plain LoRA factors on the CPU."""
+        return self.plan.method.merge_rowwise is not None and not target.dora and self.device.type == "cpu"
 
     def each_module(self, names, description: str) -> Iterator[tuple]:
         """(name, MergedModule) for each of `names`, with a progress bar when asked."""

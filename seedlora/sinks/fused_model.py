@@ -7,8 +7,9 @@ tensors replace the base's; a save_embedding_layers copy stands in for the base 
 (as PEFT loads it); full checkpoints add their merged task vector. Every other tensor is copied
 byte for byte by the kernel. When the base ties its output head to the input embedding and the
 merge changes either, the head is written as its own tensor and the config unties them, so the
-model computes what the adapters computed. Peak memory: a few MB of blocks for low-rank methods,
-one module's dense τ for dense methods, never a shard.
+model computes what the adapters computed. Peak memory: a few MB of blocks for low-rank methods
+and for ties / magnitude_prune of LoRA inputs (their rows are formed as the base streams by,
+methods/rowwise.py), one module's dense τ and its K inputs for other dense methods, never a shard.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from ..errors import IncompatibleInputsError, UnsupportedFeatureError
 from ..lowrank import LowRank
+from ..methods.rowwise import RowwiseMerge
 from ..pipeline.merger import progress_bar
 from ..pipeline.plan import MergePlan
 from ..pipeline.report import MergeReport
@@ -107,7 +109,11 @@ class FusedModelSink:
             if merged.stats:  # the method's per-module statistics (Model Stock's t, ...) go into the report
                 report.module_stats[tensor.key] = merged.stats
             start = pending.copy_weight(tensor.key)
-            return fused_blocks(info, update_rows(merged.weight, transposed), start)
+            update = merged.weight
+            if isinstance(update, RowwiseMerge) and transposed:
+                update = update.dense()  # a Conv1D weight is stored in x out: its rows are the update's columns
+            grid = update.grid if isinstance(update, RowwiseMerge) else 1
+            return fused_blocks(info, update_rows(update, transposed), start, grid)
         if tensor.kind == "bias":
             bias = pending.take(tensor.key, "bias").bias
             return [tensor_bytes(add_delta(pending.plan.base.load(info), bias))]
@@ -132,7 +138,7 @@ class PendingModules:
 
     def take(self, module: str, part: str):
         if module not in self._merged:
-            self._merged[module] = self.merger.module(module).cpu()  # fused on the CPU, beside the mmap
+            self._merged[module] = self.merger.module(module, rowwise=True).cpu()  # fused on the CPU, beside the mmap
         merged = self._merged[module]
         self._uses[module] -= 1
         if self._uses[module] == 0:
@@ -225,6 +231,8 @@ def update_rows(update, transposed: bool) -> Callable[[torch.Tensor, int], None]
 
     A low-rank update is never formed whole: each block of rows is one addmm with B[rows] and A.
     """
+    if isinstance(update, RowwiseMerge):
+        return update.add_to
     if isinstance(update, LowRank):
         left, right = (update.A.T, update.B.T) if transposed else (update.B, update.A)
         return lambda work, start: work.addmm_(left[start : start + work.shape[0]].to(work.dtype), right.to(work.dtype))
@@ -232,16 +240,17 @@ def update_rows(update, transposed: bool) -> Callable[[torch.Tensor, int], None]
     return lambda work, start: work.add_(dense[start : start + work.shape[0]])
 
 
-def fused_blocks(info: TensorInfo, add: Callable, start_weight: Optional[torch.Tensor] = None) -> Iterator:
+def fused_blocks(info: TensorInfo, add: Callable, start_weight: Optional[torch.Tensor] = None, grid: int = 1) -> Iterator:
     """Bytes of W + τ, block by block of rows: summed in float32 (float64 for float64 W), rounded once to W's dtype.
 
     W comes from the memory-mapped base (or `start_weight`, a saved base-layer copy). Each step
     is a same-dtype or plain-conversion kernel, which torch vectorises: W's block is converted
     into one reused float32 buffer, τ's rows are added in place, the sum is rounded into a new
-    block of W's dtype (it goes to the writer thread).
+    block of W's dtype (it goes to the writer thread). Blocks start on multiples of `grid` rows
+    (a RowwiseMerge forms its rows on that grid).
     """
     compute = torch.promote_types(info.torch_dtype, torch.float32)
-    per_block = max(1, BLOCK_ELEMENTS // max(1, info.shape[1]))
+    per_block = max(grid, BLOCK_ELEMENTS // max(1, info.shape[1]) // grid * grid)
     work = torch.empty(min(per_block, info.shape[0]), info.shape[1], dtype=compute)
     blocks = row_blocks(info, per_block) if start_weight is None else (
         (start, start_weight[start : start + per_block]) for start in range(0, info.shape[0], per_block))
