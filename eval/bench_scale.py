@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -64,8 +65,14 @@ class Part:
         result.update(label=label, floor=floor, kind=kind, method=method, out=str(out) if out else None,
                       layers=layers or self.layers,
                       disk_gb=(data.disk_bytes(*inputs) + (data.disk_bytes(out) if out else 0)) / 1e9)
-        self.rows[label] = result
         self.log(f"  {label}: {result['seconds']:.2f} s, peak {result['peak_gb']:.2f} GB")
+        earlier = self.rows.get(label)
+        if earlier is not None:  # a repeated route: its median run, its highest peak
+            runs = earlier["runs"] + [result["seconds"]]
+            result.update(runs=runs, seconds=statistics.median(runs), peak_gb=max(earlier["peak_gb"], result["peak_gb"]))
+        else:
+            result["runs"] = [result["seconds"]]
+        self.rows[label] = result
         return result
 
     def seedlora(self, label, method, *args, floor=None, kind="adapter", adapters=None, layers=None):
@@ -94,13 +101,18 @@ def run_adapter7b(part: Part) -> None:
     part.seedlora("seedlora linear --rank 16", "linear", "--rank", 16, floor="floor: read+write r16")
 
 
-def run_fused(part: Part, methods: tuple, mergekit_methods: tuple) -> None:
-    """seedlora --fuse routes, the disk copy of the base, and mergekit on the K fused models."""
+def run_fused(part: Part, methods: tuple, mergekit_methods: tuple, repeats: int = 1) -> None:
+    """seedlora --fuse routes, the disk copy of the base, and mergekit on the K fused models.
+
+    The copy and the seedlora routes take seconds and a busy disk moves them a lot: they run
+    `repeats` times, interleaved (copy, each method, copy, ...), and the table shows each one's median.
+    """
     part.base = data.write_base(part.work.parent / f"base-{part.preset}-{part.layers}", part.preset, part.layers)
-    part.worker("floor: copy base", "copy", {"base": str(part.base)})
-    for method in methods:
-        part.seedlora(f"seedlora {method} --fuse", method, "--base", part.base, "--fuse", floor="floor: copy base",
-                      kind="fused")
+    for _ in range(repeats):
+        part.worker("floor: copy base", "copy", {"base": str(part.base)})
+        for method in methods:
+            part.seedlora(f"seedlora {method} --fuse", method, "--base", part.base, "--fuse", floor="floor: copy base",
+                          kind="fused")
     if not mergekit_methods:
         return
     cli, versions = mergekit_venv()
@@ -162,6 +174,8 @@ def table(part: Part, per: int) -> list:
         err = f"{row['rel_err']:.3e}" if "rel_err" in row else "—"
         lines.append(f"{label:<38} {row['seconds']:>8.2f} {per_layer:>8.2f} {per_layer * per:>8.0f} {ratio:>8} "
                      f"{row['peak_gb']:>8.2f} {row['disk_gb']:>8.2f} {err:>9}")
+        if len(row.get("runs", ())) > 1:
+            lines[-1] += f"  (median of {len(row['runs'])}: {', '.join(f'{t:.2f}' for t in row['runs'])} s)"
         if "bf16_floor" in row:
             lines[-1] += f"  (bf16 floor {row['bf16_floor']:.3e})"
         if "inner" in row and "load_seconds" in row["inner"]:
@@ -188,6 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--preset-7b", default="7b", choices=("7b", "tiny"), help="tiny: a test-sized stand-in")
     parser.add_argument("--preset-70b", default="70b", choices=("70b", "tiny-gqa"), help="tiny-gqa: a test-sized stand-in")
     parser.add_argument("--no-mergekit", action="store_true", help="skip the mergekit routes")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved runs of the base copy and the seedlora --fuse routes (median shown; default 3)")
     parser.add_argument("--out-json", type=Path)
     args = parser.parse_args(argv)
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
@@ -202,12 +218,12 @@ def main(argv=None) -> int:
         elif name == "fused7b":
             part = Part(name, args.preset_7b, 2, args.work, args.threads, log)
             run_fused(part, ("ties", "dare_ties", "selection", "linear"),
-                      ("ties", "dare_ties", "linear") if mergekit is None else mergekit)
+                      ("ties", "dare_ties", "linear") if mergekit is None else mergekit, args.repeats)
             run_peft(part)
         else:
             part = Part(name, args.preset_70b, 1, args.work, args.threads, log)
             run_adapter7b_like_70b(part)
-            run_fused(part, ("ties",), ("ties",) if mergekit is None else mergekit)
+            run_fused(part, ("ties",), ("ties",) if mergekit is None else mergekit, args.repeats)
         add_errors(part)
         parts[name] = part
         print("\n".join(table(part, data.PRESETS[part.preset]["layers"])), flush=True)

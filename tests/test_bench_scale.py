@@ -33,6 +33,10 @@ def test_tiny_layer_part_runs_end_to_end(tmp_path):
                          "seedlora ties --fuse"}
     for row in rows.values():
         assert row["seconds"] > 0 and row["peak_gb"] > 0
+    # the copy and the fused route ran 3 times, interleaved; the table shows the median
+    for label in ("floor: copy base", "seedlora ties --fuse"):
+        assert len(rows[label]["runs"]) == 3 and rows[label]["seconds"] == sorted(rows[label]["runs"])[1]
+    assert "(median of 3:" in table
     # small modules take the exact SVD: the error is the optimal rank-64 one of the float64 reference
     adapters = sorted((tmp_path / "work" / "adapters-tiny-gqa-1").iterdir())
     for label, method, density in (("seedlora ties --rank 64", "ties", 0.2), ("seedlora dare_ties --rank 64", "dare_ties", 0.5)):

@@ -4,14 +4,16 @@ The dense path materialises the K out x in updates, then trims and combines them
 matrices in memory (3 x 0.94 GB for one 70B MLP module). A LoRA update's rows are one small
 product B[rows] @ A, so neither step needs the whole matrix: one pass per input forms its
 blocks of rows and finds its exact k-th largest |τ_i| (methods.topk), and a second pass forms
-the K blocks again, trims and combines them while they are in cache. Memory: a few MB of blocks
-per worker. The result comes out block by block: a fused model adds it to the base as it
+the K blocks again, trims and combines them while they are in cache. Memory: K + 1 blocks of
+1 MB and the combine's scratch rows. The result comes out block by block: a fused model adds it to the base as it
 streams (`add_to`), an adapter writes it into the one out x in matrix it cuts to rank N (`dense`).
 
 Both passes form the products on one grid of row blocks, so the trims are decided on exactly
 the values the combine uses. The grid has an even number of rows: MKL's sgemm gives an even
-number of rows of B @ A the same bits as the whole product (odd counts take another kernel), so
-on the CPU the result is the dense path's bit for bit (tests/test_rowwise.py checks it).
+number of rows of B @ A the same bits as the whole product (odd counts take another kernel; seen
+with torch 2.13's MKL on 4096- and 11008-wide products), so on the CPU the result is the dense
+path's bit for bit (tests/test_rowwise.py checks it; where it would not be, the trims still
+match the values combined, and the result differs from the dense path's by float32 rounding).
 
 One thread: every kernel here is small (a block of rows, a CPU_BLOCK chunk of the combine),
 and splitting small kernels over OpenMP threads costs more than it gains (on the 2-core
@@ -59,7 +61,7 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-class Lane:
+class RowBuffers:
     """The buffers of the row-block work: the K products of a grid block, the combine's scratch rows, the merged block."""
 
     def __init__(self, k: int, entries: int):
@@ -81,7 +83,7 @@ class RowwiseMerge:
         self.factors, self.coeffs, self.combine, self.majority_sign = factors, coeffs, combine, majority_sign
         self.shape = factors[0].shape
         self.grid = grid_rows(self.shape[1])
-        self.lane = Lane(len(factors), self.grid * self.shape[1])
+        self.buffers = RowBuffers(len(factors), self.grid * self.shape[1])
         with one_thread():
             self.trims = [self._magnitude_trim(f, density) for f in factors]
 
@@ -123,7 +125,7 @@ class RowwiseMerge:
 
     def _numpy_blocks(self, factors: LowRank, blocks: list) -> Iterator[np.ndarray]:
         for first, rows in blocks:
-            yield product_rows(factors, first, rows, self.lane.products[0]).numpy()
+            yield product_rows(factors, first, rows, self.buffers.products[0]).numpy()
 
     def _whole(self, factors: LowRank) -> torch.Tensor:
         """The out x in product as one flat tensor, formed on the grid (small modules, rare fallbacks)."""
@@ -148,14 +150,14 @@ class RowwiseMerge:
     # ---- pass 2: trim and combine
     def _merge_block(self, first: int, rows: int, out: torch.Tensor) -> torch.Tensor:
         """Merged rows [first, first + rows) into `out` (flat)."""
-        cols, lane = self.shape[1], self.lane
+        cols, buffers = self.shape[1], self.buffers
         size = rows * cols
-        values = [product_rows(f, first, rows, lane.products[i]) for i, f in enumerate(self.factors)]
+        values = [product_rows(f, first, rows, buffers.products[i]) for i, f in enumerate(self.factors)]
         step = -(-size // -(-size // COMBINE_CHUNK))  # equal chunks of at most COMBINE_CHUNK entries
         for begin in range(0, size, step):
             end = min(size, begin + step)
             combine_block([v[begin:end] for v in values], self.trims, first * cols + begin, self.coeffs,
-                          self.combine, self.majority_sign, lane.work, out[begin:end])
+                          self.combine, self.majority_sign, buffers.work, out[begin:end])
         return out[:size]
 
     def add_to(self, work: torch.Tensor, start: int) -> torch.Tensor:
@@ -163,7 +165,7 @@ class RowwiseMerge:
         cols = self.shape[1]
         with one_thread():
             for first, rows in self._blocks(start, start + work.shape[0]):
-                merged = self._merge_block(first, rows, self.lane.merged)
+                merged = self._merge_block(first, rows, self.buffers.merged)
                 work[first - start : first - start + rows].add_(merged.view(rows, cols))
         return work
 
