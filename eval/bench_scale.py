@@ -16,6 +16,7 @@ Relative errors ‖Y − τ‖/‖τ‖ against float64 references (eval/scale/r
 of layer 0 per part. Targets of the issue are checked at the end (PASS/FAIL lines).
 
     nice -n 10 python -m eval.bench_scale [--parts adapter7b,fused7b,layer70b] [--threads N] [--work DIR]
+                                          [--repeats N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def method_args(method: str) -> list:
 class Part:
     """The routes of one part: run, remember (label -> result), then errors and the table."""
 
-    def __init__(self, name: str, preset: str, layers: int, work: Path, threads, log):
+    def __init__(self, name: str, preset: str, layers: int, work: Path, threads, log, device: str = "cpu"):
         self.name, self.preset, self.layers, self.threads, self.log = name, preset, layers, threads, log
+        self.device = device  # where the seedlora routes compute (--device); floors, PEFT and mergekit stay as they are
         self.work, self.rows = work / name, {}
         self.adapters = data.write_adapters(work / f"adapters-{preset}-{layers}", preset, layers)
         self.base = None
@@ -78,7 +80,7 @@ class Part:
     def seedlora(self, label, method, *args, floor=None, kind="adapter", adapters=None, layers=None):
         out = self.work / "out" / label.replace(" ", "_")
         command = seedlora_command("merge", *(adapters or self.adapters), "-m", method, *method_args(method), *args,
-                                   "--device", "cpu", "-o", out, "-q", "--overwrite")
+                                   "--device", self.device, "-o", out, "-q", "--overwrite")
         return self.route(label, command, floor, kind, method, out, layers=layers)
 
     def worker(self, label, name, spec, layers=None):
@@ -183,12 +185,14 @@ def table(part: Part, per: int) -> list:
     return lines
 
 
-def header(threads) -> str:
+def header(threads, device: str = "cpu") -> str:
     import torch
 
     load = os.getloadavg()
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") and torch.cuda.is_available() else ""
     return (f"bench_scale {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPU(s); "
-            f"python {platform.python_version()}, torch {torch.__version__}; threads {threads or 'torch default'}; "
+            f"python {platform.python_version()}, torch {torch.__version__}; seedlora --device {device}{gpu}; "
+            f"threads {threads or 'torch default'}; "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE (set per process)')}; "
             f"load average at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 
@@ -202,26 +206,27 @@ def main(argv=None) -> int:
     parser.add_argument("--preset-7b", default="7b", choices=("7b", "tiny"), help="tiny: a test-sized stand-in")
     parser.add_argument("--preset-70b", default="70b", choices=("70b", "tiny-gqa"), help="tiny-gqa: a test-sized stand-in")
     parser.add_argument("--no-mergekit", action="store_true", help="skip the mergekit routes")
+    parser.add_argument("--device", default="cpu", help="--device of the seedlora routes (cuda: the GPU run issue 11 asks for)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved runs of the base copy and the seedlora --fuse routes (median shown; default 3)")
     parser.add_argument("--out-json", type=Path)
     args = parser.parse_args(argv)
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    print(header(args.threads), flush=True)
+    print(header(args.threads, args.device), flush=True)
     parts = {}
     for name in args.parts.split(","):
         log(f"part {name}")
         mergekit = () if args.no_mergekit else None
         if name == "adapter7b":
-            part = Part(name, args.preset_7b, args.layers_7b, args.work, args.threads, log)
+            part = Part(name, args.preset_7b, args.layers_7b, args.work, args.threads, log, args.device)
             run_adapter7b(part)
         elif name == "fused7b":
-            part = Part(name, args.preset_7b, 2, args.work, args.threads, log)
+            part = Part(name, args.preset_7b, 2, args.work, args.threads, log, args.device)
             run_fused(part, ("ties", "dare_ties", "selection", "linear"),
                       ("ties", "dare_ties", "linear") if mergekit is None else mergekit, args.repeats)
             run_peft(part)
         else:
-            part = Part(name, args.preset_70b, 1, args.work, args.threads, log)
+            part = Part(name, args.preset_70b, 1, args.work, args.threads, log, args.device)
             run_adapter7b_like_70b(part)
             run_fused(part, ("ties",), ("ties",) if mergekit is None else mergekit, args.repeats)
         add_errors(part)
@@ -233,7 +238,7 @@ def main(argv=None) -> int:
     print("\n".join(verdicts))
     if args.out_json:
         record = {name: p.rows for name, p in parts.items()}
-        args.out_json.write_text(json.dumps({"header": header(args.threads), "parts": record, "targets": verdicts},
+        args.out_json.write_text(json.dumps({"header": header(args.threads, args.device), "parts": record, "targets": verdicts},
                                             indent=1, default=str) + "\n")
     return 0
 
